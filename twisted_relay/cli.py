@@ -1,0 +1,57 @@
+"""
+What both command-line programs share: running a transfer under the
+reactor and turning its outcome into one line on stderr and an exit code.
+
+stdout is data (the sender's code); everything for people goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Coroutine, NoReturn, Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import react
+
+from twisted_relay.errors import ExitCode, TransferFailed
+
+
+def say(text: str) -> None:
+    """One line for the person at the keyboard."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting with our documented code."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        say(f"{self.prog}: error: {message}")
+        raise SystemExit(ExitCode.USAGE)
+
+
+def run_transfer(
+    main: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, None]],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> NoReturn:
+    """Parse C{argv}, run C{main(reactor, args)} and exit with its outcome."""
+    args = parser.parse_args(argv)
+
+    def start(reactor: Any) -> Deferred[None]:
+        return ensureDeferred(main(reactor, args)).addErrback(_explain, parser.prog)
+
+    react(start)
+    raise SystemExit(0)  # react() exits by itself; this line is never reached
+
+
+def _explain(failure: Any, prog: str) -> None:
+    if failure.check(TransferFailed):
+        say(f"{prog}: {failure.value.message}")
+        raise SystemExit(failure.value.exit_code)
+    if failure.check(SystemExit):
+        raise failure.value
+    say(f"{prog}: unexpected error: {failure.getErrorMessage()}")
+    failure.printTraceback(file=sys.stderr)
+    raise SystemExit(ExitCode.FAILURE)

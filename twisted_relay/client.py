@@ -1,0 +1,254 @@
+"""
+What the sender and the receiver share: reading a relay address, connecting,
+greeting the relay, and ending a transfer with one well-defined result.
+
+A client protocol's L{ClientProtocol.done} fires only after its connection
+has closed, so anything it last wrote (an ACK, an ERROR for the peer) has
+been flushed before the process exits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_message
+from twisted_relay.wire import (
+    PEER_PROTOCOL_VERSION,
+    RELAY_PROTOCOL_VERSION,
+    FrameReceiver,
+    FrameType,
+    MalformedFrame,
+    decode_error,
+    decode_version,
+    encode_error,
+    encode_version,
+)
+
+DEFAULT_RELAY_PORT = 9021
+
+#: Seconds the relay has to answer HELLO, REGISTER and CLAIM.
+HANDSHAKE_TIMEOUT = 30.0
+
+#: Seconds without a byte moving either way before an active transfer is
+#: given up (the other side or the relay has stalled).
+STALL_TIMEOUT = 120.0
+
+#: Seconds to let a closing connection flush before cutting it.
+CLOSE_GRACE = 5.0
+
+
+_UNDECIDED = object()
+
+
+def parse_relay_address(text: str) -> tuple[str, int]:
+    """
+    C{HOST:PORT}, C{[IPv6]:PORT}, C{HOST} or C{[IPv6]} (port 9021).
+
+    @raise ValueError: with a sentence for the user.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"bad relay address {text!r}: unclosed '['")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad relay address {text!r}")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ValueError(f"bad relay address {text!r}: write IPv6 addresses as [::1]:9021")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"bad relay address {text!r}: no host")
+    if not port_text:
+        return host, DEFAULT_RELAY_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad relay port {port_text!r}")
+    return host, int(port_text)
+
+
+def relay_endpoint(reactor: object, address: str) -> IStreamClientEndpoint:
+    host, port = parse_relay_address(address)
+    return HostnameEndpoint(reactor, host, port, timeout=HANDSHAKE_TIMEOUT)
+
+
+async def connect(endpoint: IStreamClientEndpoint, protocol: "ClientProtocol") -> None:
+    """Connect C{protocol} and wait for its transfer's end.
+
+    @raise TransferFailed: for every way the transfer can fail, including an
+        unreachable relay.
+    """
+    try:
+        await endpoint.connect(Factory.forProtocol(lambda: protocol))
+    except (ConnectError, DNSLookupError) as e:
+        raise TransferFailed(ExitCode.RELAY_UNREACHABLE, f"cannot reach the relay: {e}") from None
+    await protocol.done
+
+
+class ClientProtocol(FrameReceiver):
+    """
+    Greets the relay, then dispatches each frame to the handler the current
+    phase expects; any other frame ends the transfer as a protocol error.
+    ERROR frames, from the relay or the peer, are understood in every phase.
+
+    @ivar done: fires with C{None} on success or fails with
+        L{TransferFailed}, after the connection has closed.
+    """
+
+    def __init__(self, clock: IReactorTime, stall_timeout: float = STALL_TIMEOUT) -> None:
+        self.clock = clock
+        self.stall_timeout = stall_timeout
+        self.done: Deferred[None] = Deferred()
+        self._handlers: dict[int, Callable[[bytes], None]] = {}
+        self._result: TransferFailed | None | object = _UNDECIDED
+        self._timer: IDelayedCall | None = None
+        self._timer_seconds: float | None = None
+        self._timer_message = "timed out"
+        self._abort_timer: IDelayedCall | None = None
+
+    # hooks for subclasses
+
+    def greeted(self) -> None:
+        """The relay accepted our version: say what we are."""
+        raise NotImplementedError
+
+    def lost_before_end(self) -> TransferFailed:
+        """Why the transfer failed when the connection dropped unexpectedly."""
+        return TransferFailed(ExitCode.PEER_GONE, "the connection to the relay was lost")
+
+    # phases
+
+    def expect(self, handlers: dict[int, Callable[[bytes], None]]) -> None:
+        """Enter a phase: only these frame types (and ERROR) are allowed."""
+        self._handlers = handlers
+
+    def watch(self, seconds: float | None, message: str = "timed out") -> None:
+        """Fail with C{message} unless some byte moves within C{seconds};
+        C{None} waits forever. Every byte received restarts the count."""
+        self._cancel_timer()
+        self._timer_seconds = seconds
+        self._timer_message = message
+        self.progressed()
+
+    def progressed(self) -> None:
+        """Something moved: restart the stall count."""
+        if self._timer_seconds is None or self._result is not _UNDECIDED:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timer_seconds)
+        else:
+            self._timer = self.clock.callLater(self._timer_seconds, self._timed_out)
+
+    # events
+
+    def connectionMade(self) -> None:
+        self.send_frame(FrameType.HELLO, encode_version(RELAY_PROTOCOL_VERSION))
+        self.expect({FrameType.WELCOME: self._on_welcome})
+        self.watch(HANDSHAKE_TIMEOUT, "the relay did not answer in time")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.progressed()
+        super().dataReceived(data)
+
+    def frame_received(self, ftype: int, value: bytes) -> None:
+        try:
+            if ftype == FrameType.ERROR:
+                code, message = decode_error(value)
+                self.finish(TransferFailed.from_wire(code, message))
+                return
+            handler = self._handlers.get(ftype)
+            if handler is None:
+                self.protocol_error(f"unexpected frame type {ftype:#04x}")
+                return
+            handler(value)
+        except MalformedFrame as e:
+            self.protocol_error(str(e))
+
+    def bad_length(self, length: int) -> None:
+        self.protocol_error(f"frame length {length} out of bounds")
+
+    def _on_welcome(self, value: bytes) -> None:
+        decode_version(value)
+        self.greeted()
+
+    def check_peer_hello(self, value: bytes) -> bool:
+        """Compare the peer's protocol version with ours; on a mismatch,
+        tell it and fail. Returns whether the transfer may go on."""
+        version = decode_version(value)
+        if version == PEER_PROTOCOL_VERSION:
+            return True
+        self.finish(
+            TransferFailed(
+                ExitCode.PROTOCOL_ERROR,
+                f"the other side speaks protocol version {version}, we speak "
+                f"{PEER_PROTOCOL_VERSION}; both must run compatible versions",
+            ),
+            tell_peer=ErrorCode.VERSION_MISMATCH,
+        )
+        return False
+
+    def interrupt(self) -> None:
+        """The user stopped us (Ctrl-C, SIGTERM): tell the peer, clean up."""
+        self.finish(
+            TransferFailed(ExitCode.INTERRUPTED, "interrupted"),
+            tell_peer=ErrorCode.PEER_GONE,
+            message="the other side cancelled the transfer",
+        )
+
+    def protocol_error(self, message: str) -> None:
+        self.finish(TransferFailed(ExitCode.PROTOCOL_ERROR, f"protocol error: {message}"), tell_peer=ErrorCode.PROTOCOL_ERROR)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.finish(TransferFailed(ExitCode.TIMEOUT, self._timer_message), tell_peer=ErrorCode.TIMEOUT)
+
+    # the end
+
+    def finish(self, result: TransferFailed | None, tell_peer: ErrorCode | None = None, message: str | None = None) -> None:
+        """
+        Decide the outcome (the first decision wins), optionally send an
+        ERROR frame, and close; L{done} fires once the connection is gone.
+        """
+        if self._result is not _UNDECIDED:
+            return
+        self._result = result
+        self._cancel_timer()
+        self.discard_input()
+        if tell_peer is not None and self.transport is not None:
+            text = message or (result.message if result is not None else default_message(tell_peer))
+            self.send_frame(FrameType.ERROR, encode_error(tell_peer, text))
+        self.cleanup()
+        if self.transport is not None:
+            self.transport.loseConnection()
+            self._abort_timer = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    def cleanup(self) -> None:
+        """Release local resources (files); called once, when the outcome is
+        decided, before the connection has finished closing."""
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._result is _UNDECIDED:
+            self._result = self.lost_before_end()
+            self._cancel_timer()
+            self.cleanup()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        result = self._result
+        if isinstance(result, TransferFailed):
+            self.done.errback(result)
+        else:
+            self.done.callback(None)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

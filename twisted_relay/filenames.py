@@ -1,0 +1,44 @@
+"""
+Which file names from a peer the receiver will write.
+
+The name in a header comes from the other end of the internet; only a plain
+base name is accepted, so no name can reach outside the output folder or hide
+itself from a directory listing's reader.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+#: Most file systems refuse longer names.
+MAX_NAME_BYTES = 255
+
+
+class BadName(ValueError):
+    """The name is refused; the message says why, for both users."""
+
+
+def check_name(name: str) -> str:
+    """
+    Return C{name} if it is a safe base name, else raise L{BadName}.
+
+    Refused: empty, C{.} and C{..}, anything with C{/} or C{\\}, NUL or any
+    control or format character (which could rewrite a terminal or hide
+    part of the name), or more than 255 UTF-8 bytes.
+    """
+    if not name:
+        raise BadName("empty file name")
+    if name in (".", ".."):
+        raise BadName(f"file name {name!r} is not allowed")
+    if "/" in name or "\\" in name:
+        raise BadName("file name contains a path separator")
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            raise BadName("file name contains a control character")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadName("file name is not valid Unicode") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise BadName("file name is too long")
+    return name

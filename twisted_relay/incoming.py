@@ -1,0 +1,116 @@
+"""
+Writing a received file so that the final name only ever holds a complete,
+flushed file.
+
+Bytes go to a hidden temporary file in the output folder; once the announced
+size has arrived they are fsynced and the file is linked into place (which
+fails rather than overwrite) or, with overwrite allowed, renamed over the old
+one. Any failure removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+from twisted_relay.filenames import check_name
+
+_BUFFER = 1024 * 1024
+
+
+class FileExists(Exception):
+    """The final name is taken and overwriting was not allowed."""
+
+
+class IncomingFile:
+    """
+    One file being received into C{folder}. Not thread-safe; the receiver
+    calls L{write} for each chunk, then exactly one of L{commit} or
+    L{discard}.
+
+    @raise filenames.BadName: from the constructor, for an unsafe name.
+    @raise FileExists: from the constructor (early, cheap) or from
+        L{commit} (another process got there first).
+    @raise OSError: from any step; ENOSPC and EDQUOT mean a full disk.
+    """
+
+    def __init__(self, folder: str, name: str, size: int, overwrite: bool = False) -> None:
+        self.final_path = os.path.join(folder, check_name(name))
+        self.size = size
+        self.overwrite = overwrite
+        self.written = 0
+        if not overwrite and os.path.lexists(self.final_path):
+            raise FileExists(self.final_path)
+        fd, self.temp_path = tempfile.mkstemp(dir=folder, prefix=".filerelay-", suffix=".part")
+        self._file = os.fdopen(fd, "wb", buffering=_BUFFER)
+        self._open = True
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.written += len(data)
+
+    def commit(self) -> None:
+        """Make the file visible under its final name, durably."""
+        if self.written != self.size:
+            raise ValueError(f"got {self.written} bytes, expected {self.size}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._open = False
+        try:
+            if self.overwrite:
+                os.replace(self.temp_path, self.final_path)
+            else:
+                _link_into_place(self.temp_path, self.final_path)
+        except BaseException:
+            self._remove_temp()
+            raise
+        _fsync_folder(os.path.dirname(self.final_path))
+
+    def discard(self) -> None:
+        """Throw away what was written. Safe to call after a failed commit."""
+        if self._open:
+            self._open = False
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a full disk fails the flush too; the file goes anyway
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+
+def _link_into_place(temp: str, final: str) -> None:
+    """Rename C{temp} to C{final} unless C{final} exists, atomically where
+    the file system has hard links."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise FileExists(final) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No hard links here (FAT, some network shares): check, then rename.
+        # A file created in between would be replaced: the best we can do.
+        if os.path.lexists(final):
+            raise FileExists(final) from None
+        os.rename(temp, final)
+        return
+    os.unlink(temp)
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

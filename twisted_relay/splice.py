@@ -1,0 +1,108 @@
+"""
+Joins a paired sender and receiver: bytes from one leg go out on the other.
+
+Each transport is registered as the streaming producer of the other, as in
+L{twisted.protocols.portforward}: when a receiver reads slowly, its outgoing
+buffer fills past the transport's C{bufferSize}, the transport pauses the
+sender's transport, and the relay stops reading from the sender. Memory per
+transfer is thus bounded by two transport buffers and one read, whatever the
+file size. When either leg is lost, the other is closed after its pending
+bytes are flushed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.logger import Logger
+
+
+class Leg(TypingProtocol):
+    """What a splice needs of each connection it joins."""
+
+    transport: ITCPTransport
+
+    def start_forwarding(self, splice: "Splice") -> None:
+        """Switch to raw mode: hand every byte to C{splice.carry}."""
+
+
+class Splice:
+    """
+    One paired transfer. Owns the byte counters and the teardown, and reports
+    the outcome once, when both legs are gone.
+
+    @ivar bytes_up: bytes forwarded sender -> receiver.
+    @ivar bytes_down: bytes forwarded receiver -> sender.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        sender: Leg,
+        receiver: Leg,
+        clock: IReactorTime,
+        channel: int,
+        on_end: Callable[["Splice"], object] = lambda splice: None,
+    ) -> None:
+        self.sender = sender
+        self._on_end = on_end
+        self.receiver = receiver
+        self.channel = channel
+        self._clock = clock
+        self.started = clock.seconds()
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.last_activity = self.started
+        self._lost: set[int] = set()
+        self.outcome: str | None = None
+
+    def start(self) -> None:
+        """Wire the legs to each other. Both must already be connected."""
+        self.sender.transport.registerProducer(self.receiver.transport, True)
+        self.receiver.transport.registerProducer(self.sender.transport, True)
+        self.sender.start_forwarding(self)
+        self.receiver.start_forwarding(self)
+
+    def other(self, leg: Leg) -> Leg:
+        return self.receiver if leg is self.sender else self.sender
+
+    def carry(self, leg: Leg, data: bytes) -> None:
+        """Forward C{data} that arrived on C{leg} to the other leg."""
+        if leg is self.sender:
+            self.bytes_up += len(data)
+            self.receiver.transport.write(data)
+        else:
+            self.bytes_down += len(data)
+            self.sender.transport.write(data)
+        self.last_activity = self._clock.seconds()
+
+    def leg_lost(self, leg: Leg, outcome: str = "closed") -> None:
+        """C{leg}'s connection is gone: close the other once it has flushed."""
+        if id(leg) in self._lost:
+            return
+        self._lost.add(id(leg))
+        if self.outcome is None:
+            self.outcome = outcome
+        other = self.other(leg)
+        if id(other) not in self._lost:
+            other.transport.unregisterProducer()
+            other.transport.loseConnection()
+            return
+        self._log.info(
+            "transfer ended {outcome}: {bytes_up} bytes up, {bytes_down} down",
+            outcome=self.outcome,
+            channel=self.channel,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            duration=self._clock.seconds() - self.started,
+        )
+        self._on_end(self)
+
+    def abort(self, outcome: str) -> None:
+        """Cut both legs now, pending bytes and all (idle timeout, shutdown)."""
+        self.outcome = self.outcome or outcome
+        for leg in (self.sender, self.receiver):
+            if id(leg) not in self._lost:
+                leg.transport.abortConnection()

@@ -1,0 +1,261 @@
+"""
+Frames on the wire, and the framing base protocol shared by relay and clients.
+
+Every control message is a frame: a 4-byte big-endian length, a 1-byte type,
+then the value; the length covers type and value. docs/protocol.rst is the
+normative description; this module is its only implementation. Nothing here
+knows about relays, codes or files.
+
+The base protocol is modelled on L{twisted.protocols.basic.IntNStringReceiver}
+(one buffer and an offset, the length checked before any payload is waited
+for, a C{paused} flag honoured by the parse loop) and borrows
+L{twisted.protocols.basic.LineReceiver}'s raw mode, because after pairing the
+relay forwards raw bytes and the receiver reads a raw file body.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import IntEnum
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from twisted_relay.errors import ErrorCode
+
+#: Version of the client <-> relay conversation, sent in HELLO.
+RELAY_PROTOCOL_VERSION = 1
+
+#: Version of the sender <-> receiver conversation, sent in PEER_HELLO.
+PEER_PROTOCOL_VERSION = 1
+
+#: Largest length prefix accepted (type byte plus value). Anything larger is
+#: refused as soon as the 4 prefix bytes are in, before any payload is read.
+MAX_FRAME = 64 * 1024
+
+#: Longest message text we put in an ERROR frame; peers' texts are cut too.
+MAX_ERROR_TEXT = 1000
+
+_LENGTH = struct.Struct("!I")
+_HEADER = struct.Struct("!IB")
+_U16 = struct.Struct("!H")
+
+
+class FrameType(IntEnum):
+    """One byte saying what a frame's value means (see docs/protocol.rst)."""
+
+    # client <-> relay
+    HELLO = 0x01
+    WELCOME = 0x02
+    REGISTER = 0x03
+    CHANNEL = 0x04
+    CLAIM = 0x05
+    PAIRED = 0x06
+    ERROR = 0x07
+    # sender <-> receiver, carried opaquely by the relay after PAIRED
+    PEER_HELLO = 0x10
+    CHALLENGE = 0x11
+    PROOF = 0x12
+    HEADER = 0x13
+    ACCEPT = 0x14
+    ACK = 0x15
+
+
+class FrameTooLong(ValueError):
+    """Raised when asked to send a frame the peer would refuse."""
+
+
+class MalformedFrame(ValueError):
+    """A frame whose value does not decode; the peer broke the protocol."""
+
+
+def encode_frame(ftype: int, value: bytes = b"") -> bytes:
+    """Frame one message; refuse anything the peer would reject."""
+    if len(value) + 1 > MAX_FRAME:
+        raise FrameTooLong(len(value) + 1)
+    return _HEADER.pack(len(value) + 1, ftype) + value
+
+
+def encode_version(version: int) -> bytes:
+    return _U16.pack(version)
+
+
+def decode_version(value: bytes) -> int:
+    """The version in a HELLO, WELCOME or PEER_HELLO; extra bytes are allowed
+    so a later version may append fields an older peer ignores."""
+    if len(value) < _U16.size:
+        raise MalformedFrame("version frame too short")
+    return _U16.unpack_from(value)[0]
+
+
+def encode_error(code: ErrorCode, message: str) -> bytes:
+    text = message.encode("utf-8")[:MAX_ERROR_TEXT]
+    return _U16.pack(code) + text
+
+
+def decode_error(value: bytes) -> tuple[int, str]:
+    """An ERROR frame's code and text. The text came from a possibly hostile
+    peer: it is cut short and stripped of control characters before anyone
+    prints it."""
+    if len(value) < _U16.size:
+        raise MalformedFrame("error frame too short")
+    (code,) = _U16.unpack_from(value)
+    text = value[_U16.size : _U16.size + MAX_ERROR_TEXT].decode("utf-8", "replace")
+    return code, "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def encode_channel(channel: int) -> bytes:
+    return str(channel).encode("ascii")
+
+
+def decode_channel(value: bytes) -> int:
+    """A channel number: 1 to 9 ASCII digits, no sign, no leading zero."""
+    if not (1 <= len(value) <= 9) or not value.isdigit() or value[:1] == b"0":
+        raise MalformedFrame("bad channel")
+    return int(value)
+
+
+def encode_header(name: str, size: int) -> bytes:
+    return json.dumps({"name": name, "size": size}).encode("utf-8")
+
+
+def decode_header(value: bytes) -> tuple[str, int]:
+    """The file name and size a sender announces. The name is not yet safe to
+    use as a path: see L{twisted_relay.filenames.check_name}."""
+    try:
+        obj = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MalformedFrame(f"header is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise MalformedFrame("header is not an object")
+    name, size = obj.get("name"), obj.get("size")
+    if not isinstance(name, str) or type(size) is not int or size < 0:
+        raise MalformedFrame("header needs a string name and a size >= 0")
+    return name, size
+
+
+@implementer(IPushProducer)
+class FrameReceiver(Protocol):
+    """
+    Parses frames and hands each to L{frame_received}; can switch to raw mode
+    for a number of bytes (or for good), delivering them to
+    L{raw_data_received}. A mode switch made inside a hook applies to the
+    rest of the bytes already read.
+
+    Being an L{IPushProducer} itself lets a consumer pause the protocol: the
+    parse loop stops delivering frames already buffered, not only the socket.
+
+    @ivar paused: no hook is called while set.
+    """
+
+    max_frame_length = MAX_FRAME
+    paused = False
+    _unprocessed = b""
+    _busy_receiving = False
+    _discarding = False
+    _raw_remaining = 0
+    _raw_forever = False
+
+    def frame_received(self, ftype: int, value: bytes) -> None:
+        """Called with each complete frame, type not yet validated."""
+        raise NotImplementedError
+
+    def raw_data_received(self, data: bytes) -> None:
+        """Called with bytes that arrive while in raw mode."""
+        raise NotImplementedError
+
+    def bad_length(self, length: int) -> None:
+        """Called, once, with a length prefix of 0 or above
+        L{max_frame_length}; input is discarded from then on."""
+        raise NotImplementedError
+
+    def raw_finished(self) -> None:
+        """Called when a counted raw run (L{set_raw_mode} with a count) is
+        complete and framing resumes; the default does nothing."""
+
+    def set_raw_mode(self, count: int | None = None) -> None:
+        """Deliver the next C{count} bytes (all bytes, if C{None}) raw."""
+        if count is None:
+            self._raw_forever = True
+        else:
+            self._raw_remaining = count
+
+    def discard_input(self) -> None:
+        """Ignore everything from now on: the connection is being closed."""
+        self._discarding = True
+        self._unprocessed = b""
+
+    def send_frame(self, ftype: int, value: bytes = b"") -> None:
+        self.transport.write(encode_frame(ftype, value))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._busy_receiving:
+            # A hook made us re-enter (say, resumeProducing); the outer loop
+            # will see these bytes.
+            self._unprocessed += data
+            return
+        if self._discarding:
+            return
+        self._busy_receiving = True
+        try:
+            self._parse(data)
+        finally:
+            self._busy_receiving = False
+
+    def _parse(self, data: bytes) -> None:
+        buf = self._unprocessed + data if self._unprocessed else data
+        self._unprocessed = b""
+        offset = 0
+        while not self.paused and not self._discarding:
+            available = len(buf) - offset
+            if self._unprocessed:
+                # Re-entrant bytes arrived; fold them in and go on.
+                buf = buf[offset:] + self._unprocessed
+                self._unprocessed = b""
+                offset, available = 0, len(buf)
+            if available == 0:
+                break
+            if self._raw_forever or self._raw_remaining:
+                if self._raw_forever:
+                    take = available
+                else:
+                    take = min(available, self._raw_remaining)
+                    self._raw_remaining -= take
+                chunk = buf if (offset == 0 and take == len(buf)) else buf[offset : offset + take]
+                offset += take
+                self.raw_data_received(chunk)
+                if not self._raw_forever and self._raw_remaining == 0:
+                    self.raw_finished()
+                continue
+            if available < _LENGTH.size:
+                break
+            (length,) = _LENGTH.unpack_from(buf, offset)
+            if length == 0 or length > self.max_frame_length:
+                self.discard_input()
+                self.bad_length(length)
+                return
+            if available < _LENGTH.size + length:
+                break
+            ftype = buf[offset + _LENGTH.size]
+            value = buf[offset + _HEADER.size : offset + _LENGTH.size + length]
+            offset += _LENGTH.size + length
+            self.frame_received(ftype, value)
+        if not self._discarding:
+            self._unprocessed = buf[offset:] + self._unprocessed
+
+    # IPushProducer: pausing holds back frames already buffered, too.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.transport.resumeProducing()
+        self.dataReceived(b"")
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.transport.stopProducing()
