@@ -226,7 +226,7 @@ class FrameReceiver(Protocol):
                 chunk = buf if (offset == 0 and take == len(buf)) else buf[offset : offset + take]
                 offset += take
                 self.raw_data_received(chunk)
-                if not self._raw_forever and self._raw_remaining == 0:
+                if not (self._raw_forever or self._raw_remaining or self._discarding):
                     self.raw_finished()
                 continue
             if available < _LENGTH.size:

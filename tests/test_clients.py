@@ -1,0 +1,335 @@
+"""
+Sender and receiver against a real relay factory, all in memory on a fake
+clock: the peer conversation, every refusal, and every way a side can fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from twisted_relay import sender as sender_module
+from twisted_relay.codes import Code, wordlist
+from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
+from twisted_relay.incoming import IncomingFile
+from twisted_relay.receiver import ReceiverProtocol
+from twisted_relay.sender import FileStreamer, Outgoing, SenderProtocol, SourceChanged
+from twisted_relay.wire import FrameType, encode_frame
+
+from tests.helpers import MemoryNetwork, assert_no_result, failure_result_of, parse_frames, success_result_of
+
+
+class Transfer:
+    """One sender and one receiver wired through an in-memory relay."""
+
+    def __init__(self, tmp_path, data: bytes = b"hello corgis", name: str = "corgis.mp4", **relay_args) -> None:
+        self.net = MemoryNetwork(**relay_args)
+        self.data = data
+        self.folder = str(tmp_path / "out")
+        os.makedirs(self.folder, exist_ok=True)
+        self.codes: list[Code] = []
+        self.sender = SenderProtocol(self.net.clock, Outgoing(io.BytesIO(data), name, len(data)), self.codes.append)
+        self.sender_pump = self.net.connect(self.sender)
+        self.net.flush()
+
+    def receive(self, code: Code | None = None, overwrite: bool = False) -> ReceiverProtocol:
+        self.receiver = ReceiverProtocol(self.net.clock, code or self.codes[0], self.folder, overwrite=overwrite)
+        self.receiver_pump = self.net.connect(self.receiver)
+        self.net.flush()
+        return self.receiver
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.folder))
+
+
+def wrong_words(code: Code) -> Code:
+    other = tuple(w for w in wordlist() if w not in code.words)[:2]
+    return Code(code.channel, other)
+
+
+def exit_of(d) -> ExitCode:
+    return failure_result_of(d, TransferFailed).value.exit_code
+
+
+def test_transfer_in_memory(tmp_path) -> None:
+    """A file crosses the relay intact; both sides succeed; the code was announced once."""
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    t = Transfer(tmp_path, data)
+    assert len(t.codes) == 1 and len(t.codes[0].words) == 2
+    t.receive()
+    success_result_of(t.sender.done)
+    success_result_of(t.receiver.done)
+    assert t.files() == ["corgis.mp4"]
+    with open(os.path.join(t.folder, "corgis.mp4"), "rb") as f:
+        assert f.read() == data
+    assert t.net.clock.getDelayedCalls() == []
+
+
+def test_empty_file(tmp_path) -> None:
+    """A 0-byte file is stored and acknowledged."""
+    t = Transfer(tmp_path, b"")
+    t.receive()
+    success_result_of(t.sender.done)
+    success_result_of(t.receiver.done)
+    assert os.path.getsize(os.path.join(t.folder, "corgis.mp4")) == 0
+
+
+def test_sender_waits_for_receiver(tmp_path) -> None:
+    """Before a receiver comes, the sender has its code and no result."""
+    t = Transfer(tmp_path)
+    t.net.clock.advance(1000)
+    assert_no_result(t.sender.done)
+
+
+def test_wrong_code_fails_both_and_sends_nothing(tmp_path) -> None:
+    """Wrong words: both sides fail with 'wrong code', no header or data is sent."""
+    t = Transfer(tmp_path, b"SECRET-MARKER")
+    wire: list[bytes] = []
+    t.receive(wrong_words(t.codes[0]))
+    assert exit_of(t.sender.done) is ExitCode.WRONG_CODE
+    assert exit_of(t.receiver.done) is ExitCode.WRONG_CODE
+    assert t.files() == []
+    frames_to_receiver = [f for f, _ in t.net.factory.splices or []]  # splice gone by now
+    assert frames_to_receiver == []
+    assert t.sender.outgoing.file.closed
+
+
+def test_wrong_code_never_sends_header(tmp_path) -> None:
+    """The header (file name and size) goes out only after a valid proof."""
+    t = Transfer(tmp_path, b"x", name="distinctive-name.txt")
+    t.receiver = ReceiverProtocol(t.net.clock, wrong_words(t.codes[0]), t.folder)
+    seen: list[bytes] = []
+    original = t.receiver.dataReceived
+    t.receiver.dataReceived = lambda data: (seen.append(data), original(data))[1]  # type: ignore[method-assign]
+    t.net.connect(t.receiver)
+    t.net.flush()
+    assert b"distinctive-name" not in b"".join(seen)
+
+
+def test_unknown_code(tmp_path) -> None:
+    """A channel nobody holds gives 'unknown code' without touching the sender."""
+    t = Transfer(tmp_path)
+    code = t.codes[0]
+    r = t.receive(Code(code.channel + 1, code.words))
+    assert exit_of(r.done) is ExitCode.UNKNOWN_CODE
+    assert_no_result(t.sender.done)
+
+
+def test_existing_file_not_overwritten(tmp_path) -> None:
+    """An existing file is refused and untouched; the sender is told, without our path."""
+    t = Transfer(tmp_path, b"new")
+    existing = os.path.join(t.folder, "corgis.mp4")
+    with open(existing, "wb") as f:
+        f.write(b"old")
+    t.receive()
+    assert exit_of(t.receiver.done) is ExitCode.FILE_REFUSED
+    failure = failure_result_of(t.sender.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.FILE_REFUSED
+    assert t.folder not in failure.value.message
+    with open(existing, "rb") as f:
+        assert f.read() == b"old"
+    assert t.files() == ["corgis.mp4"]
+
+
+def test_overwrite_replaces(tmp_path) -> None:
+    """With overwrite allowed, the existing file is replaced."""
+    t = Transfer(tmp_path, b"new")
+    with open(os.path.join(t.folder, "corgis.mp4"), "wb") as f:
+        f.write(b"old")
+    t.receive(overwrite=True)
+    success_result_of(t.sender.done)
+    with open(os.path.join(t.folder, "corgis.mp4"), "rb") as f:
+        assert f.read() == b"new"
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "..", "", "a\x00b", "bell\x07"])
+def test_hostile_name_refused(tmp_path, name: str) -> None:
+    """A name that could escape the folder or fool a terminal is refused on both sides."""
+    t = Transfer(tmp_path, b"x", name=name)
+    t.receive()
+    assert exit_of(t.receiver.done) is ExitCode.FILE_REFUSED
+    assert exit_of(t.sender.done) is ExitCode.FILE_REFUSED
+    assert t.files() == []
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_disk_full(tmp_path, monkeypatch) -> None:
+    """A full disk fails the receiver, tells the sender, and leaves no temp file."""
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(IncomingFile, "write", full)
+    t = Transfer(tmp_path, b"x" * 1000)
+    t.receive()
+    assert exit_of(t.receiver.done) is ExitCode.DISK_FULL
+    failure = failure_result_of(t.sender.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.DISK_FULL
+    assert "disk is full" in failure.value.message
+    assert t.files() == []
+
+
+def test_sender_vanishes_mid_body(tmp_path) -> None:
+    """If the sender goes away mid-file, the receiver fails and keeps nothing."""
+    size = 20 * 1024 * 1024  # several bursts of the streamer
+    t = Transfer(tmp_path, b"x" * size)
+    r = ReceiverProtocol(t.net.clock, t.codes[0], t.folder)
+    pump = t.net.connect(r)
+    # Let the handshake and part of the body through, then cut the sender.
+    for _ in range(50):
+        t.sender_pump.pump(advanceClock=False)
+        pump.pump(advanceClock=False)
+        if r.incoming is not None and r.incoming.written:
+            break
+    assert r.incoming is not None and 0 < r.incoming.written < size
+    t.sender.transport.abortConnection()
+    t.net.flush()
+    assert exit_of(r.done) is ExitCode.PEER_GONE
+    assert t.files() == []
+
+
+def test_receiver_vanishes(tmp_path) -> None:
+    """If the receiver drops before the ACK, the sender reports the peer gone."""
+    t = Transfer(tmp_path, b"x" * 100)
+    r = ReceiverProtocol(t.net.clock, t.codes[0], t.folder)
+    pump = t.net.connect(r)
+    for _ in range(3):
+        t.sender_pump.pump()
+        pump.pump()
+    r.transport.abortConnection()
+    t.net.flush()
+    assert exit_of(t.sender.done) is ExitCode.PEER_GONE
+
+
+def test_peer_version_mismatch(tmp_path, monkeypatch) -> None:
+    """Peers of different versions both fail with a clear version message."""
+    monkeypatch.setattr(sender_module, "PEER_PROTOCOL_VERSION", 99)
+    t = Transfer(tmp_path)
+    t.receive()
+    receiver_failure = failure_result_of(t.receiver.done, TransferFailed)
+    assert "version 99" in receiver_failure.value.message
+    assert exit_of(t.sender.done) is ExitCode.PROTOCOL_ERROR
+
+
+def test_relay_silent_times_out() -> None:
+    """A relay that never answers HELLO makes the client give up after the handshake timeout."""
+    clock = Clock()
+    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto.makeConnection(StringTransport())
+    clock.advance(29)
+    assert_no_result(proto.done)
+    clock.advance(1)
+    assert proto.transport.disconnecting
+    proto.connectionLost(None)
+    assert exit_of(proto.done) is ExitCode.TIMEOUT
+
+
+def test_stalled_sender_times_out_receiver(tmp_path) -> None:
+    """A receiver whose sender stops answering after pairing gives up, not hangs."""
+    t = Transfer(tmp_path)
+    r = ReceiverProtocol(t.net.clock, t.codes[0], t.folder)
+    pump = t.net.connect(r)
+    pump.flush()  # the relay pairs us, but the sender's pump is never run again
+    assert_no_result(r.done)
+    t.net.clock.advance(121)
+    pump.flush()
+    assert exit_of(r.done) is ExitCode.TIMEOUT
+
+
+def test_relay_error_frame_reported() -> None:
+    """An ERROR frame from the relay becomes a failure with its message."""
+    clock = Clock()
+    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto.makeConnection(StringTransport())
+    from twisted_relay.wire import encode_error
+
+    proto.dataReceived(encode_frame(FrameType.ERROR, encode_error(ErrorCode.SHUTTING_DOWN, "bye\x1b[2J")))
+    proto.connectionLost(None)
+    failure = failure_result_of(proto.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.SHUTTING_DOWN
+    assert failure.value.message == "bye?[2J"
+
+
+def test_interrupt_tells_peer(tmp_path) -> None:
+    """Ctrl-C on one side tells the other and exits with the interrupted code."""
+    t = Transfer(tmp_path)
+    t.sender.interrupt()
+    t.net.flush()
+    assert exit_of(t.sender.done) is ExitCode.INTERRUPTED
+
+
+# FileStreamer: the sender's push producer
+
+
+class Sink(StringTransport):
+    """A consumer that pauses its producer on demand."""
+
+
+def test_streamer_writes_exact_size() -> None:
+    """The streamer writes exactly the announced size, in large chunks, then unregisters."""
+    clock = Clock()
+    sink = Sink()
+    d = FileStreamer(io.BytesIO(b"a" * 1000 + b"EXTRA"), 1000, sink, clock, chunk_size=300).start()
+    clock.advance(0)
+    assert sink.value() == b"a" * 1000
+    assert sink.producer is None
+    success_result_of(d)
+
+
+def test_streamer_respects_pause() -> None:
+    """A paused streamer reads and writes nothing until resumed."""
+    clock = Clock()
+    sink = Sink()
+    streamer = FileStreamer(io.BytesIO(b"a" * 10_000), 10_000, sink, clock, chunk_size=100)
+    original = sink.write
+
+    def write_then_pause(data: bytes) -> None:
+        original(data)
+        streamer.pauseProducing()  # as a full TCP buffer would
+
+    sink.write = write_then_pause  # type: ignore[method-assign]
+    d = streamer.start()
+    clock.advance(0)
+    assert len(sink.value()) == 100
+    clock.advance(10)
+    assert len(sink.value()) == 100
+    assert_no_result(d)
+    streamer.resumeProducing()
+    assert len(sink.value()) == 200
+
+
+def test_streamer_yields_to_reactor() -> None:
+    """A consumer that never pauses still lets the reactor run between bursts."""
+    clock = Clock()
+    sink = Sink()
+    streamer = FileStreamer(io.BytesIO(b"a" * 100_000), 100_000, sink, clock, chunk_size=100)
+    streamer.start()
+    assert len(sink.value()) == 100 * sender_module.BURST
+    assert len(clock.getDelayedCalls()) == 1
+    for _ in range(1000):
+        clock.advance(0)
+    assert len(sink.value()) == 100_000
+
+
+def test_streamer_detects_shrunk_file() -> None:
+    """A file shorter than announced fails the stream instead of hanging the receiver."""
+    clock = Clock()
+    d = FileStreamer(io.BytesIO(b"a" * 10), 20, Sink(), clock).start()
+    failure_result_of(d, SourceChanged)
+
+
+def test_streamer_stop() -> None:
+    """stopProducing ends the stream for good and unregisters it."""
+    clock = Clock()
+    sink = Sink()
+    streamer = FileStreamer(io.BytesIO(b"a" * 10_000), 10_000, sink, clock, chunk_size=100)
+    sink.write = lambda data: streamer.pauseProducing()  # type: ignore[method-assign]
+    streamer.start()
+    streamer.stopProducing()
+    streamer.resumeProducing()
+    assert sink.producer is None
