@@ -333,3 +333,87 @@ def test_streamer_stop() -> None:
     streamer.stopProducing()
     streamer.resumeProducing()
     assert sink.producer is None
+
+
+# Review fixes: what a side says, and to whom
+
+
+def connected_sender(clock: Clock) -> SenderProtocol:
+    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto.makeConnection(StringTransport())
+    proto.transport.clear()
+    return proto
+
+
+def test_no_error_frame_into_raw_body() -> None:
+    """A sender failing mid-body closes without writing a frame the receiver would store as file content."""
+    proto = connected_sender(Clock())
+    proto.paired = True
+    proto.peer_reads_raw = True
+    proto.finish(TransferFailed(ExitCode.TIMEOUT, "x"), tell_peer=ErrorCode.TIMEOUT)
+    assert proto.transport.value() == b""
+    assert proto.transport.disconnecting
+
+
+def test_no_error_frame_to_relay_before_pairing() -> None:
+    """Before pairing nobody would read our ERROR frame (the relay would call it a protocol error)."""
+    clock = Clock()
+    proto = connected_sender(clock)
+    clock.advance(30)
+    assert proto.transport.value() == b""
+    assert proto.transport.disconnecting
+
+
+def test_peer_hears_its_own_perspective(tmp_path) -> None:
+    """The peer is told the generic reason, not our local wording about 'the receiver'."""
+    proto = connected_sender(Clock())
+    proto.paired = True
+    proto.finish(TransferFailed(ExitCode.TIMEOUT, "the receiver stopped answering"), tell_peer=ErrorCode.TIMEOUT)
+    [(ftype, value)] = parse_frames(proto.transport.value())
+    from twisted_relay.wire import decode_error
+
+    assert decode_error(value) == (ErrorCode.TIMEOUT, "timed out")
+
+
+def test_welcome_version_checked() -> None:
+    """A relay answering with another version is a protocol error, not ignored."""
+    from twisted_relay.wire import encode_version
+
+    proto = SenderProtocol(Clock(), Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(encode_frame(FrameType.WELCOME, encode_version(7)))
+    proto.connectionLost(None)
+    failure = failure_result_of(proto.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.PROTOCOL_ERROR
+    assert "version 7" in failure.value.message
+
+
+def test_interrupt_waits_for_close() -> None:
+    """Interrupting returns a Deferred that fires only once the connection has closed (so the ERROR gets out)."""
+    proto = connected_sender(Clock())
+    proto.paired = True
+    d = proto.interrupt()
+    assert proto.transport.disconnecting
+    assert parse_frames(proto.transport.value())[0][0] == FrameType.ERROR
+    assert_no_result(d)
+    proto.connectionLost(None)
+    success_result_of(d)
+    assert exit_of(proto.done) is ExitCode.INTERRUPTED
+
+
+def test_interrupt_before_connecting_is_immediate() -> None:
+    """Interrupting a client that never connected does not hold up shutdown."""
+    proto = SenderProtocol(Clock(), Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    success_result_of(proto.interrupt())
+
+
+def test_lost_ack_is_reported_as_uncertain(tmp_path) -> None:
+    """If the connection drops after the whole body but before the ACK, the sender says the outcome is unknown."""
+    t = Transfer(tmp_path, b"abc")
+    r = ReceiverProtocol(t.net.clock, t.codes[0], t.folder)
+    r.send_frame = lambda ftype, value=b"": None if ftype == FrameType.ACK else ReceiverProtocol.send_frame(r, ftype, value)  # type: ignore[method-assign]
+    t.net.connect(r)
+    t.net.flush()
+    failure = failure_result_of(t.sender.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.PEER_GONE
+    assert "may or may not" in failure.value.message

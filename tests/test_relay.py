@@ -259,6 +259,7 @@ def test_channel_released_once(relay: Relay) -> None:
     free a newer sender's channel)."""
     sender, channel = relay.sender()
     sender.dataReceived(b"\0\0\0\0")  # protocol error: channel released
+    relay.clock.advance(relay.factory.registry.cooldown)
     relay.factory.registry._randbelow = lambda n: channel - 1  # force reuse
     newcomer, channel2 = relay.sender()
     assert channel2 == channel
@@ -383,3 +384,27 @@ def test_when_idle_fires_after_last_connection(relay: Relay) -> None:
     assert not fired
     lose(b)
     assert fired == [None]
+
+
+def test_partner_that_will_not_read_is_cut() -> None:
+    """After one leg goes, the other gets a grace period to flush, then is cut."""
+    from twisted_relay.splice import CLOSE_GRACE as SPLICE_GRACE
+
+    relay = Relay()
+    sender, receiver = relay.pair()
+    lose(receiver)
+    assert sender.transport.disconnecting and not sender.transport.aborted
+    relay.clock.advance(SPLICE_GRACE)
+    assert sender.transport.aborted
+    lose(sender)
+    assert relay.clock.getDelayedCalls() == []
+
+
+def test_partner_closing_in_time_cancels_cut() -> None:
+    """A leg that closes within the grace period leaves no timer behind."""
+    relay = Relay()
+    sender, receiver = relay.pair()
+    lose(sender)
+    lose(receiver)
+    assert relay.clock.getDelayedCalls() == []
+    assert relay.factory.splices == set()

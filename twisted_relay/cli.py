@@ -38,12 +38,22 @@ def run_transfer(
 ) -> NoReturn:
     """Parse C{argv}, run C{main(reactor, args)} and exit with its outcome."""
     args = parser.parse_args(argv)
+    finished = []
 
     def start(reactor: Any) -> Deferred[None]:
-        return ensureDeferred(main(reactor, args)).addErrback(_explain, parser.prog)
+        d = ensureDeferred(main(reactor, args)).addErrback(_explain, parser.prog)
+        return d.addBoth(lambda result: (finished.append(True), result)[1])
 
-    react(start)
-    raise SystemExit(0)  # react() exits by itself; this line is never reached
+    try:
+        react(start)
+    except SystemExit:
+        if not finished:
+            # A signal stopped the reactor before the transfer ended: react()
+            # would report that as success.
+            say(f"{parser.prog}: interrupted")
+            raise SystemExit(ExitCode.INTERRUPTED) from None
+        raise
+    raise SystemExit(0)  # react() always exits; never reached
 
 
 def _explain(failure: Any, prog: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -94,6 +94,13 @@ async def connect(endpoint: IStreamClientEndpoint, protocol: "ClientProtocol") -
     await protocol.done
 
 
+def _version_text(theirs: int, ours: int) -> str:
+    return (
+        f"the other side speaks protocol version {theirs}, this side speaks {ours}; "
+        "both must run compatible versions"
+    )
+
+
 class ClientProtocol(FrameReceiver):
     """
     Greets the relay, then dispatches each frame to the handler the current
@@ -114,6 +121,12 @@ class ClientProtocol(FrameReceiver):
         self._timer_seconds: float | None = None
         self._timer_message = "timed out"
         self._abort_timer: IDelayedCall | None = None
+        self._closed: Deferred[None] = Deferred()
+        #: Set once PAIRED: only then is anyone listening for our ERROR frames.
+        self.paired = False
+        #: Set while the peer reads raw body bytes: a frame now would be
+        #: taken for file content, so failures are signalled by closing.
+        self.peer_reads_raw = False
 
     # hooks for subclasses
 
@@ -177,7 +190,10 @@ class ClientProtocol(FrameReceiver):
         self.protocol_error(f"frame length {length} out of bounds")
 
     def _on_welcome(self, value: bytes) -> None:
-        decode_version(value)
+        version = decode_version(value)
+        if version != RELAY_PROTOCOL_VERSION:
+            self.protocol_error(f"the relay answered with protocol version {version}")
+            return
         self.greeted()
 
     def check_peer_hello(self, value: bytes) -> bool:
@@ -186,23 +202,28 @@ class ClientProtocol(FrameReceiver):
         version = decode_version(value)
         if version == PEER_PROTOCOL_VERSION:
             return True
+        # Each side reads the message as "the other side" being the sender.
         self.finish(
-            TransferFailed(
-                ExitCode.PROTOCOL_ERROR,
-                f"the other side speaks protocol version {version}, we speak "
-                f"{PEER_PROTOCOL_VERSION}; both must run compatible versions",
-            ),
+            TransferFailed(ExitCode.PROTOCOL_ERROR, _version_text(version, PEER_PROTOCOL_VERSION)),
             tell_peer=ErrorCode.VERSION_MISMATCH,
+            message=_version_text(PEER_PROTOCOL_VERSION, version),
         )
         return False
 
-    def interrupt(self) -> None:
-        """The user stopped us (Ctrl-C, SIGTERM): tell the peer, clean up."""
+    def interrupt(self) -> Deferred[None]:
+        """
+        The user stopped us (Ctrl-C, SIGTERM): tell the peer, clean up.
+        The returned Deferred fires once the connection has closed, so a
+        reactor shutdown that waits for it lets the ERROR frame out first.
+        """
         self.finish(
             TransferFailed(ExitCode.INTERRUPTED, "interrupted"),
             tell_peer=ErrorCode.PEER_GONE,
             message="the other side cancelled the transfer",
         )
+        if self.transport is None or self.done.called:
+            return succeed(None)  # never connected, or already closed
+        return self._closed
 
     def protocol_error(self, message: str) -> None:
         self.finish(TransferFailed(ExitCode.PROTOCOL_ERROR, f"protocol error: {message}"), tell_peer=ErrorCode.PROTOCOL_ERROR)
@@ -223,8 +244,10 @@ class ClientProtocol(FrameReceiver):
         self._result = result
         self._cancel_timer()
         self.discard_input()
-        if tell_peer is not None and self.transport is not None:
-            text = message or (result.message if result is not None else default_message(tell_peer))
+        if tell_peer is not None and self.paired and not self.peer_reads_raw and self.transport is not None:
+            # The peer reads this, so the text is from its point of view:
+            # our own message (say "the receiver stopped answering") is not.
+            text = message or default_message(tell_peer)
             self.send_frame(FrameType.ERROR, encode_error(tell_peer, text))
         self.cleanup()
         if self.transport is not None:
@@ -242,6 +265,7 @@ class ClientProtocol(FrameReceiver):
             self.cleanup()
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
+        self._closed.callback(None)
         result = self._result
         if isinstance(result, TransferFailed):
             self.done.errback(result)

@@ -22,14 +22,17 @@ def check_name(name: str) -> str:
     """
     Return C{name} if it is a safe base name, else raise L{BadName}.
 
-    Refused: empty, C{.} and C{..}, anything with C{/} or C{\\}, NUL or any
+    Refused: empty, anything starting with C{.} (so C{..}, hidden files
+    and our own temporary names), anything with C{/} or C{\\}, NUL or any
     control or format character (which could rewrite a terminal or hide
     part of the name), or more than 255 UTF-8 bytes.
     """
     if not name:
         raise BadName("empty file name")
-    if name in (".", ".."):
-        raise BadName(f"file name {name!r} is not allowed")
+    if name.startswith("."):
+        # Covers "." and "..", hidden files a user would not notice, and our
+        # own ".filerelay-*.part" temporary names.
+        raise BadName("file names starting with '.' are refused")
     if "/" in name or "\\" in name:
         raise BadName("file name contains a path separator")
     for ch in name:

@@ -55,6 +55,9 @@ class IncomingFile:
         if self.written != self.size:
             raise ValueError(f"got {self.written} bytes, expected {self.size}")
         self._file.flush()
+        # mkstemp made it private (0600); give it the mode any new file
+        # would get from the user's umask.
+        os.fchmod(self._file.fileno(), 0o666 & ~_umask())
         os.fsync(self._file.fileno())
         self._file.close()
         self._open = False
@@ -108,9 +111,23 @@ def is_disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_folder(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
+    """Make the rename durable. Best effort: the file is already complete
+    under its final name, and some file systems cannot fsync a folder, so
+    a failure here must not turn a stored file into a reported failure."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)

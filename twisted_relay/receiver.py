@@ -26,9 +26,6 @@ from twisted_relay.wire import (
     encode_version,
 )
 
-#: Seconds without a byte from the sender before the receiver gives up.
-RECEIVE_STALL_TIMEOUT = 120.0
-
 
 class ReceiverProtocol(ClientProtocol):
     """
@@ -55,15 +52,14 @@ class ReceiverProtocol(ClientProtocol):
         self.saved_path: str | None = None
         self._on_event = on_event
         self._on_progress = on_progress
-        self._paired = False
 
     def greeted(self) -> None:
         self.send_frame(FrameType.CLAIM, encode_channel(self.code.channel))
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
-        self._paired = True
-        self.watch(RECEIVE_STALL_TIMEOUT, "the sender stopped answering")
+        self.paired = True
+        self.watch(self.stall_timeout, "the sender stopped answering")
         self.send_frame(FrameType.PEER_HELLO, encode_version(PEER_PROTOCOL_VERSION))
         self.expect({FrameType.PEER_HELLO: self._on_peer_hello})
 
@@ -148,7 +144,7 @@ class ReceiverProtocol(ClientProtocol):
         self.finish(TransferFailed(exit_code, text), tell_peer=code, message=default_message(code))
 
     def lost_before_end(self) -> TransferFailed:
-        if not self._paired:
+        if not self.paired:
             return TransferFailed(ExitCode.PEER_GONE, "the relay closed the connection")
         return TransferFailed(ExitCode.PEER_GONE, "the sender went away before the whole file arrived")
 

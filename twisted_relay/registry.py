@@ -34,6 +34,10 @@ class ChannelRegistry(Generic[T]):
     paired, so a late receiver with an old code meets a clear "in use" and
     never a stranger's new transfer.
 
+    A released channel also rests for L{cooldown} seconds before it is
+    handed out again, so a receiver who types a code a little late meets
+    "unknown code" rather than spending a newcomer's one guess.
+
     @ivar wait_timeout: seconds a sender may wait unpaired; C{None} forever.
     """
 
@@ -42,12 +46,15 @@ class ChannelRegistry(Generic[T]):
         clock: IReactorTime,
         wait_timeout: float | None = 3600.0,
         randbelow: Callable[[int], int] = secrets.randbelow,
+        cooldown: float = 600.0,
     ) -> None:
         self._clock = clock
         self.wait_timeout = wait_timeout
+        self.cooldown = cooldown
         self._randbelow = randbelow
         self._waiting: dict[int, tuple[T, IDelayedCall | None]] = {}
         self._taken: set[int] = set()
+        self._resting: dict[int, float] = {}  # channel -> when it may be reused
 
     def __len__(self) -> int:
         return len(self._taken)
@@ -96,7 +103,9 @@ class ChannelRegistry(Generic[T]):
         entry = self._waiting.pop(channel, None)
         if entry is not None and entry[1] is not None and entry[1].active():
             entry[1].cancel()
-        self._taken.discard(channel)
+        if channel in self._taken:
+            self._taken.discard(channel)
+            self._resting[channel] = self._clock.seconds() + self.cooldown
 
     def stop(self) -> None:
         """Cancel every wait timer (the factory is stopping)."""
@@ -110,13 +119,16 @@ class ChannelRegistry(Generic[T]):
             on_timeout(entry[0])
 
     def _allocate(self) -> int:
+        now = self._clock.seconds()
+        self._resting = {c: t for c, t in self._resting.items() if t > now}
+        unavailable = self._taken | self._resting.keys()
         upper = 10
         while True:
             span = upper - upper // 10  # numbers with this many digits
-            used = sum(1 for c in self._taken if upper // 10 <= c < upper)
+            used = sum(1 for c in unavailable if upper // 10 <= c < upper)
             if used * 2 < span:
                 while True:
                     candidate = upper // 10 + self._randbelow(span)
-                    if candidate not in self._taken and candidate != 0:
+                    if candidate not in unavailable:
                         return candidate
             upper *= 10

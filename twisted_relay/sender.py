@@ -161,6 +161,7 @@ class SenderProtocol(ClientProtocol):
         self._challenge = b""
         self._sent = 0
         self._streamer: FileStreamer | None = None
+        self._body_done = False
 
     def greeted(self) -> None:
         self.send_frame(FrameType.REGISTER)
@@ -174,8 +175,9 @@ class SenderProtocol(ClientProtocol):
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
+        self.paired = True
         self._on_event("receiver connected; checking the code")
-        self.watch(120.0, "the receiver stopped answering")
+        self.watch(self.stall_timeout, "the receiver stopped answering")
         self._challenge = auth.make_challenge()
         self.send_frame(FrameType.PEER_HELLO, encode_version(PEER_PROTOCOL_VERSION))
         self.send_frame(FrameType.CHALLENGE, self._challenge)
@@ -201,6 +203,7 @@ class SenderProtocol(ClientProtocol):
     def _on_accept(self, value: bytes) -> None:
         self._on_event("sending")
         self.expect({})
+        self.peer_reads_raw = True
         self._streamer = FileStreamer(
             self.outgoing.file,
             self.outgoing.size,
@@ -216,6 +219,8 @@ class SenderProtocol(ClientProtocol):
         self._on_progress(self._sent, self.outgoing.size)
 
     def _body_sent(self, _: None) -> None:
+        self.peer_reads_raw = False
+        self._body_done = True
         self._on_event("all bytes sent; waiting for the receiver to store the file")
         self.expect({FrameType.ACK: self._on_ack})
 
@@ -236,6 +241,11 @@ class SenderProtocol(ClientProtocol):
     def lost_before_end(self) -> TransferFailed:
         if self.code is None:
             return TransferFailed(ExitCode.PEER_GONE, "the relay closed the connection")
+        if self._body_done:
+            return TransferFailed(
+                ExitCode.PEER_GONE,
+                "the connection closed before the receiver confirmed; the file may or may not have been stored",
+            )
         return TransferFailed(ExitCode.PEER_GONE, "the receiver went away before the file was stored")
 
     def cleanup(self) -> None:

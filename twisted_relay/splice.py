@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from typing import Callable, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
+
+
+#: Seconds a leg may take to flush after its partner has gone.
+CLOSE_GRACE = 30.0
 
 
 class Leg(TypingProtocol):
@@ -56,6 +60,7 @@ class Splice:
         self.bytes_down = 0
         self.last_activity = self.started
         self._lost: set[int] = set()
+        self._cut_timer: IDelayedCall | None = None
         self.outcome: str | None = None
 
     def start(self) -> None:
@@ -89,7 +94,12 @@ class Splice:
         if id(other) not in self._lost:
             other.transport.unregisterProducer()
             other.transport.loseConnection()
+            # A peer that stops reading would keep a flushing close open for
+            # ever; cut it after a grace period.
+            self._cut_timer = self._clock.callLater(CLOSE_GRACE, other.transport.abortConnection)
             return
+        if self._cut_timer is not None and self._cut_timer.active():
+            self._cut_timer.cancel()
         self._log.info(
             "transfer ended {outcome}: {bytes_up} bytes up, {bytes_down} down",
             outcome=self.outcome,

@@ -178,10 +178,16 @@ def start_relay(launcher: Launcher) -> Relay:
 
 
 def stop_relay(relay: Relay) -> None:
-    """SIGTERM, wait, and insist on a clean exit with no traceback logged."""
+    """SIGTERM, wait, and insist on a clean shutdown with no traceback logged.
+
+    After shutting down cleanly, twistd re-raises the signal that stopped it
+    (C{twisted.application.app._exitWithSignal}), so the exit status is
+    C{-SIGTERM}; "Server Shut Down." in the log tells a clean stop from a
+    process the signal simply killed."""
     relay.proc.signal(signal.SIGTERM)
     status = relay.proc.wait()
-    assert status == 0, f"the relay exited {status} on SIGTERM\n{relay.proc.describe()}"
+    assert status == -signal.SIGTERM, f"the relay exited {status} on SIGTERM\n{relay.proc.describe()}"
+    assert "Server Shut Down." in relay.log(), f"the relay did not shut down cleanly\n{relay.proc.describe()}"
     assert "Traceback" not in relay.log(), f"the relay logged a traceback\n{relay.proc.describe()}"
 
 
@@ -211,7 +217,10 @@ class Clients:
                 pytest.fail(f"the sender exited without printing a code\n{sender.describe()}")
             return None
 
-        return poll_until(first_line, "the sender's code", timeout)
+        code = poll_until(first_line, "the sender's code", timeout)
+        # Fail here, not 30 s later when a receiver given garbage never comes.
+        assert CODE_LINE.match(code), f"the sender's first line is not a code: {code!r}\n{sender.describe()}"
+        return code
 
 
 def console_script(name: str) -> str:
