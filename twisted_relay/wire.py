@@ -152,11 +152,27 @@ class FrameReceiver(Protocol):
 
     max_frame_length = MAX_FRAME
     paused = False
-    _unprocessed = b""
     _busy_receiving = False
     _discarding = False
     _raw_remaining = 0
     _raw_forever = False
+    #: Bytes that must be buffered before parsing can make progress; below
+    #: it, a read is only appended, so a large frame arriving in many reads
+    #: is joined once, not re-copied on every read.
+    _need = 0
+    _buffered = 0
+
+    _chunks: list[bytes] = []  # replaced per connection in makeConnection
+
+    def makeConnection(self, transport) -> None:  # type: ignore[no-untyped-def]
+        # Per instance without asking subclasses to call our __init__.
+        self._chunks = []
+        super().makeConnection(transport)
+
+    @property
+    def _unprocessed(self) -> bytes:
+        """Everything received and not yet delivered (for tests and limits)."""
+        return b"".join(self._chunks)
 
     def frame_received(self, ftype: int, value: bytes) -> None:
         """Called with each complete frame, type not yet validated."""
@@ -185,65 +201,71 @@ class FrameReceiver(Protocol):
     def discard_input(self) -> None:
         """Ignore everything from now on: the connection is being closed."""
         self._discarding = True
-        self._unprocessed = b""
+        self._chunks = []
+        self._buffered = 0
 
     def send_frame(self, ftype: int, value: bytes = b"") -> None:
         self.transport.write(encode_frame(ftype, value))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._busy_receiving:
-            # A hook made us re-enter (say, resumeProducing); the outer loop
-            # will see these bytes.
-            self._unprocessed += data
-            return
         if self._discarding:
+            return
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+        if self._busy_receiving or self.paused or self._buffered < self._need:
+            # Re-entrant calls leave their bytes to the loop running below us.
             return
         self._busy_receiving = True
         try:
-            self._parse(data)
+            while self._chunks and not (self.paused or self._discarding):
+                chunks, self._chunks = self._chunks, []
+                buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._buffered -= len(buf)
+                offset = self._parse(buf)
+                if offset < len(buf) and not self._discarding:
+                    self._chunks.insert(0, buf[offset:] if offset else buf)
+                    self._buffered += len(buf) - offset
+                if self._buffered < self._need:
+                    break
         finally:
             self._busy_receiving = False
 
-    def _parse(self, data: bytes) -> None:
-        buf = self._unprocessed + data if self._unprocessed else data
-        self._unprocessed = b""
+    def _parse(self, buf: bytes) -> int:
+        """Deliver what C{buf} holds; return how far it got, having set
+        L{_need} to what must be buffered before the rest can go on."""
         offset = 0
-        while not self.paused and not self._discarding:
-            available = len(buf) - offset
-            if self._unprocessed:
-                # Re-entrant bytes arrived; fold them in and go on.
-                buf = buf[offset:] + self._unprocessed
-                self._unprocessed = b""
-                offset, available = 0, len(buf)
-            if available == 0:
-                break
+        end = len(buf)
+        self._need = 0
+        while offset < end and not (self.paused or self._discarding):
             if self._raw_forever or self._raw_remaining:
                 if self._raw_forever:
-                    take = available
+                    take = end - offset
                 else:
-                    take = min(available, self._raw_remaining)
+                    take = min(end - offset, self._raw_remaining)
                     self._raw_remaining -= take
-                chunk = buf if (offset == 0 and take == len(buf)) else buf[offset : offset + take]
+                chunk = buf if (offset == 0 and take == end) else buf[offset : offset + take]
                 offset += take
                 self.raw_data_received(chunk)
                 if not (self._raw_forever or self._raw_remaining or self._discarding):
                     self.raw_finished()
                 continue
-            if available < _LENGTH.size:
+            if end - offset < _LENGTH.size:
+                self._need = _LENGTH.size
                 break
             (length,) = _LENGTH.unpack_from(buf, offset)
             if length == 0 or length > self.max_frame_length:
                 self.discard_input()
                 self.bad_length(length)
-                return
-            if available < _LENGTH.size + length:
+                return end
+            if end - offset < _LENGTH.size + length:
+                self._need = _LENGTH.size + length
                 break
             ftype = buf[offset + _LENGTH.size]
             value = buf[offset + _HEADER.size : offset + _LENGTH.size + length]
             offset += _LENGTH.size + length
             self.frame_received(ftype, value)
-        if not self._discarding:
-            self._unprocessed = buf[offset:] + self._unprocessed
+        return offset
 
     # IPushProducer: pausing holds back frames already buffered, too.
 
