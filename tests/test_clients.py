@@ -19,7 +19,7 @@ from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
 from twisted_relay.incoming import IncomingFile
 from twisted_relay.receiver import ReceiverProtocol
 from twisted_relay.sender import FileStreamer, Outgoing, SenderProtocol, SourceChanged
-from twisted_relay.wire import FrameType, encode_frame
+from twisted_relay.wire import FrameType, encode_frame, encode_version
 
 from tests.helpers import MemoryNetwork, assert_no_result, failure_result_of, parse_frames, success_result_of
 
@@ -87,15 +87,16 @@ def test_sender_waits_for_receiver(tmp_path) -> None:
 
 
 def test_wrong_code_fails_both_and_sends_nothing(tmp_path) -> None:
-    """Wrong words: both sides fail with 'wrong code', no header or data is sent."""
+    """Wrong words: both sides fail with 'wrong code'; no sealed record (header or data) is sent."""
     t = Transfer(tmp_path, b"SECRET-MARKER")
-    wire: list[bytes] = []
+    sent: list[int] = []
+    original = t.sender.send_large_frame
+    t.sender.send_large_frame = lambda ftype, value: (sent.append(ftype), original(ftype, value))[1]  # type: ignore[method-assign]
     t.receive(wrong_words(t.codes[0]))
     assert exit_of(t.sender.done) is ExitCode.WRONG_CODE
     assert exit_of(t.receiver.done) is ExitCode.WRONG_CODE
     assert t.files() == []
-    frames_to_receiver = [f for f, _ in t.net.factory.splices or []]  # splice gone by now
-    assert frames_to_receiver == []
+    assert sent == []
     assert t.sender.outgoing.file.closed
 
 
@@ -206,14 +207,32 @@ def test_receiver_vanishes(tmp_path) -> None:
     assert exit_of(t.sender.done) is ExitCode.PEER_GONE
 
 
-def test_peer_version_mismatch(tmp_path, monkeypatch) -> None:
-    """Peers of different versions both fail with a clear version message."""
-    monkeypatch.setattr(sender_module, "PEER_PROTOCOL_VERSION", 99)
-    t = Transfer(tmp_path)
-    t.receive()
-    receiver_failure = failure_result_of(t.receiver.done, TransferFailed)
-    assert "version 99" in receiver_failure.value.message
-    assert exit_of(t.sender.done) is ExitCode.PROTOCOL_ERROR
+class VersionOneSender(SenderProtocol):
+    """A sender of protocol version 1: after PAIRED it sends its version
+    and a clear-text challenge (frame type 0x11)."""
+
+    def _on_paired(self, value: bytes) -> None:
+        self.paired = True
+        self.send_frame(FrameType.PEER_HELLO, encode_version(1))
+        self.send_frame(0x11, b"c" * 32)
+        self.expect({})  # what it says next does not matter: the receiver has quit
+
+
+def test_peer_version_mismatch(tmp_path) -> None:
+    """A receiver meeting a version-1 sender fails with a clear version message, and so does the sender."""
+    net = MemoryNetwork()
+    codes: list[Code] = []
+    old = VersionOneSender(net.clock, Outgoing(io.BytesIO(b"x"), "f", 1), codes.append)
+    net.connect(old)
+    net.flush()
+    receiver = ReceiverProtocol(net.clock, codes[0], str(tmp_path))
+    net.connect(receiver)
+    net.flush()
+    failure = failure_result_of(receiver.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.PROTOCOL_ERROR
+    assert "speaks protocol version 1, this side speaks 2" in failure.value.message
+    failure_result_of(old.done, TransferFailed)
+    assert os.listdir(tmp_path) == []
 
 
 def test_relay_silent_times_out() -> None:
@@ -345,14 +364,26 @@ def connected_sender(clock: Clock) -> SenderProtocol:
     return proto
 
 
-def test_no_error_frame_into_raw_body() -> None:
-    """A sender failing mid-body closes without writing a frame the receiver would store as file content."""
-    proto = connected_sender(Clock())
-    proto.paired = True
-    proto.peer_reads_raw = True
-    proto.finish(TransferFailed(ExitCode.TIMEOUT, "x"), tell_peer=ErrorCode.TIMEOUT)
-    assert proto.transport.value() == b""
-    assert proto.transport.disconnecting
+class FailingFile(io.BytesIO):
+    """A file whose reads fail after the first chunk (a dying disk)."""
+
+    def read(self, n: int = -1) -> bytes:
+        if self.tell():
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read(n)
+
+
+def test_unreadable_file_mid_body_tells_receiver(tmp_path) -> None:
+    """A read error mid-file fails the sender, tells the receiver in a sealed record, and stores nothing."""
+    size = 4 * 1024 * 1024
+    t = Transfer(tmp_path, b"")
+    t.sender.outgoing = Outgoing(FailingFile(b"x" * size), "f", size)
+    t.receive()
+    assert exit_of(t.sender.done) is ExitCode.INPUT_UNREADABLE
+    failure = failure_result_of(t.receiver.done, TransferFailed)
+    assert failure.value.exit_code is ExitCode.PEER_GONE
+    assert "could not read its file" in failure.value.message
+    assert t.files() == []
 
 
 def test_no_error_frame_to_relay_before_pairing() -> None:
@@ -411,7 +442,7 @@ def test_lost_ack_is_reported_as_uncertain(tmp_path) -> None:
     """If the connection drops after the whole body but before the ACK, the sender says the outcome is unknown."""
     t = Transfer(tmp_path, b"abc")
     r = ReceiverProtocol(t.net.clock, t.codes[0], t.folder)
-    r.send_frame = lambda ftype, value=b"": None if ftype == FrameType.ACK else ReceiverProtocol.send_frame(r, ftype, value)  # type: ignore[method-assign]
+    r.send_large_frame = lambda ftype, value: None if ftype == FrameType.SEALED_ACK else ReceiverProtocol.send_large_frame(r, ftype, value)  # type: ignore[method-assign]
     t.net.connect(r)
     t.net.flush()
     failure = failure_result_of(t.sender.done, TransferFailed)

@@ -96,7 +96,7 @@ def length_prefix(n: int) -> bytes:
 # byte value, and type bytes the parser must not validate.
 FRAMES: list[tuple[int, bytes]] = [
     (FrameType.HELLO, encode_version(1)),
-    (FrameType.ACCEPT, b""),
+    (FrameType.SEALED_ACCEPT, b""),
     (FrameType.CHANNEL, b"123456789"),
     (0x00, bytes(range(256))),
     (FrameType.ERROR, encode_error(ErrorCode.TIMEOUT, "timed out")),
@@ -108,26 +108,26 @@ EXPECTED = [("frame", int(t), v) for t, v in FRAMES]
 
 def raw_after_header(proto: Recorder, ftype: int, value: bytes) -> None:
     """Hook: a HEADER frame's value is the count of raw bytes that follow."""
-    if ftype == FrameType.HEADER:
+    if ftype == FrameType.SEALED_HEADER:
         proto.set_raw_mode(int(value))
 
 
 # Frame, 6 raw bytes that look like a bad length prefix, then more frames.
 RAW_BODY = b"\x00\x00\x00\x00\xff\x07"
 RAW_STREAM = (
-    encode_frame(FrameType.ACCEPT, b"a")
-    + encode_frame(FrameType.HEADER, str(len(RAW_BODY)).encode())
+    encode_frame(FrameType.SEALED_ACCEPT, b"a")
+    + encode_frame(FrameType.SEALED_HEADER, str(len(RAW_BODY)).encode())
     + RAW_BODY
-    + encode_frame(FrameType.ACK, b"after")
-    + encode_frame(FrameType.ACK, b"again")
+    + encode_frame(FrameType.SEALED_ACK, b"after")
+    + encode_frame(FrameType.SEALED_ACK, b"again")
 )
 RAW_EXPECTED = [
-    ("frame", FrameType.ACCEPT, b"a"),
-    ("frame", FrameType.HEADER, b"6"),
+    ("frame", FrameType.SEALED_ACCEPT, b"a"),
+    ("frame", FrameType.SEALED_HEADER, b"6"),
     ("raw", RAW_BODY),
     ("raw_finished",),
-    ("frame", FrameType.ACK, b"after"),
-    ("frame", FrameType.ACK, b"again"),
+    ("frame", FrameType.SEALED_ACK, b"after"),
+    ("frame", FrameType.SEALED_ACK, b"again"),
 ]
 
 
@@ -147,12 +147,12 @@ def test_hello_example_from_spec():
 
 def test_encode_frame_empty_value():
     """A frame with no value still carries its type, so its length is 1."""
-    assert encode_frame(FrameType.ACCEPT) == b"\x00\x00\x00\x01\x14"
+    assert encode_frame(FrameType.SEALED_ACCEPT) == b"\x00\x00\x00\x01\x21"
 
 
 def test_encode_frame_largest_allowed():
     """The largest value a peer accepts (MAX_FRAME minus the type byte) can be sent."""
-    frame = encode_frame(FrameType.HEADER, b"x" * (MAX_FRAME - 1))
+    frame = encode_frame(FrameType.SEALED_HEADER, b"x" * (MAX_FRAME - 1))
     assert frame[:4] == length_prefix(MAX_FRAME)
     assert len(frame) == 4 + MAX_FRAME
 
@@ -160,25 +160,25 @@ def test_encode_frame_largest_allowed():
 def test_encode_frame_too_long():
     """Asking to send a frame the peer would refuse raises FrameTooLong, a ValueError."""
     with pytest.raises(FrameTooLong):
-        encode_frame(FrameType.HEADER, b"x" * MAX_FRAME)
+        encode_frame(FrameType.SEALED_HEADER, b"x" * MAX_FRAME)
     with pytest.raises(ValueError):
-        encode_frame(FrameType.HEADER, b"x" * (10 * MAX_FRAME))
+        encode_frame(FrameType.SEALED_HEADER, b"x" * (10 * MAX_FRAME))
 
 
 def test_largest_frame_is_received():
     """The largest frame we can send is accepted by a receiver, not refused as too long."""
     proto, _ = connected()
     value = bytes(range(256)) * ((MAX_FRAME - 1) // 256) + b"z" * ((MAX_FRAME - 1) % 256)
-    proto.dataReceived(encode_frame(FrameType.HEADER, value))
-    assert proto.events == [("frame", FrameType.HEADER, value)]
+    proto.dataReceived(encode_frame(FrameType.SEALED_HEADER, value))
+    assert proto.events == [("frame", FrameType.SEALED_HEADER, value)]
 
 
 def test_send_frame_writes_encoded_frame():
     """send_frame writes exactly the encoded frame to the transport."""
     proto, transport = connected()
     proto.send_frame(FrameType.CLAIM, b"42")
-    proto.send_frame(FrameType.ACK)
-    assert transport.value() == encode_frame(FrameType.CLAIM, b"42") + encode_frame(FrameType.ACK)
+    proto.send_frame(FrameType.SEALED_ACK)
+    assert transport.value() == encode_frame(FrameType.CLAIM, b"42") + encode_frame(FrameType.SEALED_ACK)
 
 
 # ---------------------------------------------------------------------------
@@ -462,13 +462,13 @@ def test_frames_arbitrary_splits(cuts):
 
 def test_partial_frame_delivers_nothing():
     """Until a frame is complete nothing is delivered; the last byte delivers it."""
-    frame = encode_frame(FrameType.HEADER, b"hello world")
+    frame = encode_frame(FrameType.SEALED_HEADER, b"hello world")
     for cut in range(len(frame)):
         proto, _ = connected()
         proto.dataReceived(frame[:cut])
         assert proto.events == [], f"cut at {cut}"
         proto.dataReceived(frame[cut:])
-        assert proto.events == [("frame", FrameType.HEADER, b"hello world")]
+        assert proto.events == [("frame", FrameType.SEALED_HEADER, b"hello world")]
 
 
 def test_empty_read_delivers_nothing():
@@ -751,7 +751,7 @@ def test_pause_holds_raw_bytes():
     """Pausing also holds back raw bytes already read."""
 
     def hook(proto, ftype, value):
-        if ftype == FrameType.HEADER:
+        if ftype == FrameType.SEALED_HEADER:
             proto.set_raw_mode(len(RAW_BODY))
             proto.pauseProducing()
 
@@ -827,15 +827,15 @@ def test_reentrant_data_received_keeps_order(first, chunk):
 
 def test_reentrant_data_received_with_raw_mode():
     """Bytes fed back in while switching to raw mode still go raw first, then frames, in order."""
-    rest = RAW_STREAM[len(encode_frame(FrameType.ACCEPT, b"a")) :]
+    rest = RAW_STREAM[len(encode_frame(FrameType.SEALED_ACCEPT, b"a")) :]
 
     def hook(proto, ftype, value):
-        if ftype == FrameType.ACCEPT:
+        if ftype == FrameType.SEALED_ACCEPT:
             proto.dataReceived(rest)
         raw_after_header(proto, ftype, value)
 
     proto, _ = connected(hook)
-    proto.dataReceived(encode_frame(FrameType.ACCEPT, b"a"))
+    proto.dataReceived(encode_frame(FrameType.SEALED_ACCEPT, b"a"))
     assert merged(proto.events) == RAW_EXPECTED
 
 

@@ -18,10 +18,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from twisted_relay.codes import Code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_message
+from twisted_relay.pake import BadKeyExchange, KeyExchange, SessionKeys
+from twisted_relay.records import MAX_SEALED_FRAME, Corrupted, Opener, Sealer
 from twisted_relay.wire import (
     PEER_PROTOCOL_VERSION,
     RELAY_PROTOCOL_VERSION,
+    SEALED_TYPES,
     FrameReceiver,
     FrameType,
     MalformedFrame,
@@ -103,9 +107,12 @@ def _version_text(theirs: int, ours: int) -> str:
 
 class ClientProtocol(FrameReceiver):
     """
-    Greets the relay, then dispatches each frame to the handler the current
-    phase expects; any other frame ends the transfer as a protocol error.
-    ERROR frames, from the relay or the peer, are understood in every phase.
+    Greets the relay, runs the key exchange with the peer once paired, then
+    dispatches each frame to the handler the current phase expects; any
+    other frame ends the transfer as a protocol error. Before keys are
+    confirmed, ERROR frames from the relay or the peer are understood in
+    every phase; after, only sealed records are accepted, so nothing the
+    relay injects or alters is believed.
 
     @ivar done: fires with C{None} on success or fails with
         L{TransferFailed}, after the connection has closed.
@@ -124,14 +131,23 @@ class ClientProtocol(FrameReceiver):
         self._closed: Deferred[None] = Deferred()
         #: Set once PAIRED: only then is anyone listening for our ERROR frames.
         self.paired = False
-        #: Set while the peer reads raw body bytes: a frame now would be
-        #: taken for file content, so failures are signalled by closing.
-        self.peer_reads_raw = False
+        self._exchange: KeyExchange | None = None
+        self._keys: SessionKeys | None = None
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
 
     # hooks for subclasses
 
     def greeted(self) -> None:
         """The relay accepted our version: say what we are."""
+        raise NotImplementedError
+
+    def secured(self) -> None:
+        """Both sides proved they hold the same code; sealed records may flow."""
+        raise NotImplementedError
+
+    def wrong_code(self) -> None:
+        """The peer's key confirmation failed: someone has the wrong code."""
         raise NotImplementedError
 
     def lost_before_end(self) -> TransferFailed:
@@ -174,7 +190,15 @@ class ClientProtocol(FrameReceiver):
 
     def frame_received(self, ftype: int, value: bytes) -> None:
         try:
-            if ftype == FrameType.ERROR:
+            if self._opener is not None:
+                if ftype not in SEALED_TYPES:
+                    raise Corrupted(f"unsealed frame {ftype:#04x} after keys were confirmed")
+                value = self._opener.open(ftype, value)
+                if ftype == FrameType.SEALED_ERROR:
+                    code, message = decode_error(value)
+                    self.finish(TransferFailed.from_wire(code, message))
+                    return
+            elif ftype == FrameType.ERROR:
                 code, message = decode_error(value)
                 self.finish(TransferFailed.from_wire(code, message))
                 return
@@ -183,7 +207,12 @@ class ClientProtocol(FrameReceiver):
                 self.protocol_error(f"unexpected frame type {ftype:#04x}")
                 return
             handler(value)
-        except MalformedFrame as e:
+        except Corrupted as e:
+            self.finish(
+                TransferFailed(ExitCode.TRANSFER_CORRUPTED, f"transfer corrupted: {e}"),
+                tell_peer=ErrorCode.TRANSFER_CORRUPTED,
+            )
+        except (MalformedFrame, BadKeyExchange) as e:
             self.protocol_error(str(e))
 
     def bad_length(self, length: int) -> None:
@@ -195,6 +224,41 @@ class ClientProtocol(FrameReceiver):
             self.protocol_error(f"the relay answered with protocol version {version}")
             return
         self.greeted()
+
+    # the key exchange, the same on both sides
+
+    def start_key_exchange(self, code: Code, role: str) -> None:
+        """Paired: announce our version and our SPAKE2 message together."""
+        self.paired = True
+        self._exchange = KeyExchange(code, role)
+        self.send_frame(FrameType.PEER_HELLO, encode_version(PEER_PROTOCOL_VERSION))
+        self.send_frame(FrameType.PAKE, self._exchange.start())
+        self.expect({FrameType.PEER_HELLO: self._on_peer_hello})
+
+    def _on_peer_hello(self, value: bytes) -> None:
+        if self.check_peer_hello(value):
+            self.expect({FrameType.PAKE: self._on_pake})
+
+    def _on_pake(self, value: bytes) -> None:
+        assert self._exchange is not None
+        self._keys = self._exchange.finish(value)
+        self.send_frame(FrameType.CONFIRM, self._keys.confirmation)
+        self.expect({FrameType.CONFIRM: self._on_confirm})
+
+    def _on_confirm(self, value: bytes) -> None:
+        assert self._keys is not None
+        if not self._keys.confirms(value):
+            self.wrong_code()
+            return
+        self._sealer = Sealer(self._keys.send_key)
+        self._opener = Opener(self._keys.receive_key)
+        self.max_frame_length = MAX_SEALED_FRAME
+        self.secured()
+
+    def send_sealed(self, ftype: FrameType, plaintext: bytes) -> None:
+        """Seal C{plaintext} as the next record of our direction and send it."""
+        assert self._sealer is not None
+        self.send_large_frame(ftype, self._sealer.seal(ftype, plaintext))
 
     def check_peer_hello(self, value: bytes) -> bool:
         """Compare the peer's protocol version with ours; on a mismatch,
@@ -244,11 +308,14 @@ class ClientProtocol(FrameReceiver):
         self._result = result
         self._cancel_timer()
         self.discard_input()
-        if tell_peer is not None and self.paired and not self.peer_reads_raw and self.transport is not None:
+        if tell_peer is not None and self.paired and self.transport is not None:
             # The peer reads this, so the text is from its point of view:
             # our own message (say "the receiver stopped answering") is not.
             text = message or default_message(tell_peer)
-            self.send_frame(FrameType.ERROR, encode_error(tell_peer, text))
+            if self._sealer is not None:
+                self.send_sealed(FrameType.SEALED_ERROR, encode_error(tell_peer, text))
+            else:
+                self.send_frame(FrameType.ERROR, encode_error(tell_peer, text))
         self.cleanup()
         if self.transport is not None:
             self.transport.loseConnection()

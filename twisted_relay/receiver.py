@@ -1,7 +1,8 @@
 """
-The receiving side: claim the channel, prove the code's words, check the
-offered name, store the body through an L{IncomingFile}, and acknowledge
-only once the file is durably in place.
+The receiving side: claim the channel, agree keys with the sender, check
+the offered name, store the sealed data records through an L{IncomingFile},
+and acknowledge only once the authenticated end-of-stream record has arrived
+and the file is durably in place.
 
 No argv and no printing here; the CLI passes callbacks for messages.
 """
@@ -12,25 +13,20 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
-from twisted_relay import auth
 from twisted_relay.client import ClientProtocol
 from twisted_relay.codes import Code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_message
 from twisted_relay.filenames import BadName
 from twisted_relay.incoming import FileExists, IncomingFile, is_disk_full
-from twisted_relay.wire import (
-    PEER_PROTOCOL_VERSION,
-    FrameType,
-    decode_header,
-    encode_channel,
-    encode_version,
-)
+from twisted_relay.pake import RECEIVER
+from twisted_relay.records import decode_end
+from twisted_relay.wire import FrameType, MalformedFrame, decode_header, encode_channel
 
 
 class ReceiverProtocol(ClientProtocol):
     """
-    Phases: greeting -> claimed -> authenticating -> offered -> receiving
-    the body (raw mode for exactly the announced size) -> done.
+    Phases: greeting -> claimed -> key exchange -> offered -> receiving
+    sealed DATA records -> END -> stored and acknowledged.
 
     @ivar incoming: the file being written, once the header is accepted.
     """
@@ -58,21 +54,20 @@ class ReceiverProtocol(ClientProtocol):
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
-        self.paired = True
         self.watch(self.stall_timeout, "the sender stopped answering")
-        self.send_frame(FrameType.PEER_HELLO, encode_version(PEER_PROTOCOL_VERSION))
-        self.expect({FrameType.PEER_HELLO: self._on_peer_hello})
+        self.start_key_exchange(self.code, RECEIVER)
 
-    def _on_peer_hello(self, value: bytes) -> None:
-        if self.check_peer_hello(value):
-            self.expect({FrameType.CHALLENGE: self._on_challenge})
+    def wrong_code(self) -> None:
+        self.finish(
+            TransferFailed(
+                ExitCode.WRONG_CODE,
+                "wrong code: it does not match the sender's; the sender must start again for a new code",
+            ),
+            tell_peer=ErrorCode.WRONG_CODE,
+        )
 
-    def _on_challenge(self, value: bytes) -> None:
-        if len(value) != auth.CHALLENGE_SIZE:
-            self.protocol_error("bad challenge")
-            return
-        self.send_frame(FrameType.PROOF, auth.prove(self.code, value))
-        self.expect({FrameType.HEADER: self._on_header})
+    def secured(self) -> None:
+        self.expect({FrameType.SEALED_HEADER: self._on_header})
 
     def _on_header(self, value: bytes) -> None:
         name, size = decode_header(value)
@@ -92,27 +87,25 @@ class ReceiverProtocol(ClientProtocol):
             self._write_failed(e)
             return
         self._on_event(f"receiving {name!r} ({size} bytes)")
-        self.send_frame(FrameType.ACCEPT)
-        self.expect({})
-        if size == 0:
-            self._store()
-        else:
-            self.set_raw_mode(size)
+        self.send_sealed(FrameType.SEALED_ACCEPT, b"")
+        self.expect({FrameType.SEALED_DATA: self._on_data, FrameType.SEALED_END: self._on_end})
 
-    def raw_data_received(self, data: bytes) -> None:
+    def _on_data(self, value: bytes) -> None:
         assert self.incoming is not None
+        if self.incoming.written + len(value) > self.incoming.size:
+            raise MalformedFrame("the sender sent more than it announced")
         try:
-            self.incoming.write(data)
+            self.incoming.write(value)
         except OSError as e:
             self._write_failed(e)
             return
         self._on_progress(self.incoming.written, self.incoming.size)
 
-    def raw_finished(self) -> None:
-        self._store()
-
-    def _store(self) -> None:
+    def _on_end(self, value: bytes) -> None:
         assert self.incoming is not None
+        total = decode_end(value)
+        if total != self.incoming.size or self.incoming.written != total:
+            raise MalformedFrame(f"the stream ended after {self.incoming.written} of {self.incoming.size} bytes")
         try:
             self.incoming.commit()
         except FileExists as e:
@@ -127,7 +120,7 @@ class ReceiverProtocol(ClientProtocol):
             return
         self.saved_path = self.incoming.final_path
         self.incoming = None
-        self.send_frame(FrameType.ACK)
+        self.send_sealed(FrameType.SEALED_ACK, b"")
         self.finish(None)
 
     def _refuse(self, code: ErrorCode, message: str, peer_message: str | None = None) -> None:
@@ -146,7 +139,15 @@ class ReceiverProtocol(ClientProtocol):
     def lost_before_end(self) -> TransferFailed:
         if not self.paired:
             return TransferFailed(ExitCode.PEER_GONE, "the relay closed the connection")
-        return TransferFailed(ExitCode.PEER_GONE, "the sender went away before the whole file arrived")
+        if self.incoming is not None:
+            # A sender that dies and a relay that cuts the stream look alike
+            # from here; either way the end-of-stream record never came.
+            return TransferFailed(
+                ExitCode.PEER_GONE,
+                "the stream ended before the sender's end-of-stream record "
+                "(the sender went away or the connection was cut); nothing was saved",
+            )
+        return TransferFailed(ExitCode.PEER_GONE, "the sender went away before the file was sent")
 
     def cleanup(self) -> None:
         if self.incoming is not None:

@@ -1,7 +1,8 @@
 """
-The sending side: register with the relay, announce the code, check the
-receiver's proof, offer the file and stream it with backpressure, and succeed
-only once the receiver acknowledges that the file is stored.
+The sending side: register with the relay, announce the code, agree keys with
+the receiver, offer the file in a sealed header, stream it as sealed records
+with backpressure, and succeed only once the receiver acknowledges (sealed)
+that the file is stored.
 
 No argv and no printing here: the code is handed to a callback, so the CLI
 decides where it goes and tests can capture it.
@@ -16,20 +17,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from twisted_relay import auth
 from twisted_relay.client import ClientProtocol
 from twisted_relay.codes import DEFAULT_WORD_COUNT, Code, make_code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
-from twisted_relay.wire import (
-    PEER_PROTOCOL_VERSION,
-    FrameType,
-    decode_channel,
-    encode_header,
-    encode_version,
-)
+from twisted_relay.pake import SENDER
+from twisted_relay.records import MAX_RECORD, encode_end
+from twisted_relay.wire import FrameType, decode_channel, encode_header
 
-#: Bytes read from the file per write: large, to keep per-chunk overhead low.
+#: Bytes read from the file per record: large, to keep per-record overhead
+#: (a frame header, a GCM tag, a few Python calls) negligible.
 CHUNK_SIZE = 256 * 1024
+assert CHUNK_SIZE <= MAX_RECORD
 
 #: Chunks written per turn of the reactor if the consumer never pauses us.
 BURST = 16
@@ -134,10 +132,31 @@ class FileStreamer:
         self._consumer.unregisterProducer()
 
 
+@implementer(IConsumer)
+class SealedData:
+    """
+    The file streamer's consumer: each chunk it writes leaves as one sealed
+    DATA record. Producer registration goes straight to the transport, so
+    the transport's own buffer limit pauses the streamer.
+    """
+
+    def __init__(self, proto: ClientProtocol) -> None:
+        self._proto = proto
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._proto.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._proto.transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._proto.send_sealed(FrameType.SEALED_DATA, data)
+
+
 class SenderProtocol(ClientProtocol):
     """
-    Phases: greeting -> registered (waiting for a receiver) -> authenticating
-    -> offered (header sent) -> sending -> awaiting the ACK.
+    Phases: greeting -> registered (waiting for a receiver) -> key exchange
+    -> offered (sealed header sent) -> sending -> awaiting the sealed ACK.
 
     @ivar code: set once the relay has given us a channel.
     """
@@ -158,7 +177,6 @@ class SenderProtocol(ClientProtocol):
         self._word_count = word_count
         self._on_event = on_event
         self._on_progress = on_progress
-        self._challenge = b""
         self._sent = 0
         self._streamer: FileStreamer | None = None
         self._body_done = False
@@ -175,39 +193,29 @@ class SenderProtocol(ClientProtocol):
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
-        self.paired = True
+        assert self.code is not None
         self._on_event("receiver connected; checking the code")
         self.watch(self.stall_timeout, "the receiver stopped answering")
-        self._challenge = auth.make_challenge()
-        self.send_frame(FrameType.PEER_HELLO, encode_version(PEER_PROTOCOL_VERSION))
-        self.send_frame(FrameType.CHALLENGE, self._challenge)
-        self.expect({FrameType.PEER_HELLO: self._on_peer_hello})
+        self.start_key_exchange(self.code, SENDER)
 
-    def _on_peer_hello(self, value: bytes) -> None:
-        if self.check_peer_hello(value):
-            self.expect({FrameType.PROOF: self._on_proof})
+    def wrong_code(self) -> None:
+        # One guess per code: whoever this is, the code is now spent.
+        self.finish(
+            TransferFailed(ExitCode.WRONG_CODE, "the receiver used a wrong code; nothing was sent. Start again for a new code"),
+            tell_peer=ErrorCode.WRONG_CODE,
+        )
 
-    def _on_proof(self, value: bytes) -> None:
-        assert self.code is not None
-        if not auth.verify(self.code, self._challenge, value):
-            # One guess per code: whoever this is, the code is now spent.
-            self.finish(
-                TransferFailed(ExitCode.WRONG_CODE, "the receiver typed a wrong code; nothing was sent"),
-                tell_peer=ErrorCode.WRONG_CODE,
-                message="wrong code: the words do not match; the sender must start again",
-            )
-            return
-        self.send_frame(FrameType.HEADER, encode_header(self.outgoing.name, self.outgoing.size))
-        self.expect({FrameType.ACCEPT: self._on_accept})
+    def secured(self) -> None:
+        self.send_sealed(FrameType.SEALED_HEADER, encode_header(self.outgoing.name, self.outgoing.size))
+        self.expect({FrameType.SEALED_ACCEPT: self._on_accept})
 
     def _on_accept(self, value: bytes) -> None:
         self._on_event("sending")
         self.expect({})
-        self.peer_reads_raw = True
         self._streamer = FileStreamer(
             self.outgoing.file,
             self.outgoing.size,
-            self.transport,
+            SealedData(self),
             self.clock,
             on_chunk=self._chunk_sent,
         )
@@ -219,10 +227,10 @@ class SenderProtocol(ClientProtocol):
         self._on_progress(self._sent, self.outgoing.size)
 
     def _body_sent(self, _: None) -> None:
-        self.peer_reads_raw = False
         self._body_done = True
+        self.send_sealed(FrameType.SEALED_END, encode_end(self.outgoing.size))
         self._on_event("all bytes sent; waiting for the receiver to store the file")
-        self.expect({FrameType.ACK: self._on_ack})
+        self.expect({FrameType.SEALED_ACK: self._on_ack})
 
     def _body_failed(self, failure) -> None:  # type: ignore[no-untyped-def]
         if failure.check(SourceChanged):
@@ -231,9 +239,11 @@ class SenderProtocol(ClientProtocol):
             why = f"cannot read the file: {failure.value.strerror or failure.value}"
         else:
             return  # stopProducing: the connection's end says why
-        # The receiver is reading raw bytes, so it cannot be told in a frame;
-        # closing makes it discard the partial file.
-        self.finish(TransferFailed(ExitCode.INPUT_UNREADABLE, why))
+        self.finish(
+            TransferFailed(ExitCode.INPUT_UNREADABLE, why),
+            tell_peer=ErrorCode.PEER_GONE,
+            message="the sender could not read its file; nothing was saved",
+        )
 
     def _on_ack(self, value: bytes) -> None:
         self.finish(None)

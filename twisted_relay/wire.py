@@ -29,7 +29,8 @@ from twisted_relay.errors import ErrorCode
 RELAY_PROTOCOL_VERSION = 1
 
 #: Version of the sender <-> receiver conversation, sent in PEER_HELLO.
-PEER_PROTOCOL_VERSION = 1
+#: 1: words proved by HMAC, file in clear. 2: SPAKE2 and sealed records.
+PEER_PROTOCOL_VERSION = 2
 
 #: Largest length prefix accepted (type byte plus value). Anything larger is
 #: refused as soon as the 4 prefix bytes are in, before any payload is read.
@@ -54,13 +55,22 @@ class FrameType(IntEnum):
     CLAIM = 0x05
     PAIRED = 0x06
     ERROR = 0x07
-    # sender <-> receiver, carried opaquely by the relay after PAIRED
+    # sender <-> receiver, carried opaquely by the relay after PAIRED.
+    # 0x11-0x15 were version 1's clear-text conversation; never reuse them.
     PEER_HELLO = 0x10
-    CHALLENGE = 0x11
-    PROOF = 0x12
-    HEADER = 0x13
-    ACCEPT = 0x14
-    ACK = 0x15
+    PAKE = 0x16
+    CONFIRM = 0x17
+    # sealed records (twisted_relay.records), once keys are confirmed
+    SEALED_HEADER = 0x20
+    SEALED_ACCEPT = 0x21
+    SEALED_DATA = 0x22
+    SEALED_END = 0x23
+    SEALED_ACK = 0x24
+    SEALED_ERROR = 0x25
+
+
+#: Frame types whose value is a sealed record.
+SEALED_TYPES = frozenset(t for t in FrameType if t >= FrameType.SEALED_HEADER)
 
 
 class FrameTooLong(ValueError):
@@ -206,6 +216,12 @@ class FrameReceiver(Protocol):
 
     def send_frame(self, ftype: int, value: bytes = b"") -> None:
         self.transport.write(encode_frame(ftype, value))
+
+    def send_large_frame(self, ftype: int, value: bytes) -> None:
+        """Send a frame above the control maximum (a sealed record) without
+        copying C{value} into a new buffer; the caller bounds its size."""
+        self.transport.write(_HEADER.pack(len(value) + 1, ftype))
+        self.transport.write(value)
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:

@@ -87,8 +87,8 @@ def test_wrong_words(clients: Clients, tmp_path: Path) -> None:
     receiver = clients.receive("-".join([str(code.channel), *wrong]), outdir)
     assert receiver.wait() == ExitCode.WRONG_CODE, receiver.describe()
     assert sender.wait() == ExitCode.WRONG_CODE, sender.describe()
-    assert_says(receiver, "filerelay-receive: wrong code: the words do not match; the sender must start again")
-    assert_says(sender, "filerelay-send: the receiver typed a wrong code; nothing was sent")
+    assert_says(receiver, "filerelay-receive: wrong code: it does not match the sender's; the sender must start again for a new code")
+    assert_says(sender, "filerelay-send: the receiver used a wrong code; nothing was sent. Start again for a new code")
     assert entries(outdir) == []
 
 
@@ -104,7 +104,11 @@ def test_sender_killed_mid_stream(clients: Clients, tmp_path: Path) -> None:
     sender.kill()
     receiver.signal(signal.SIGCONT)
     assert receiver.wait() == ExitCode.PEER_GONE, receiver.describe()
-    assert_says(receiver, "filerelay-receive: the sender went away before the whole file arrived")
+    assert_says(
+        receiver,
+        "filerelay-receive: the stream ended before the sender's end-of-stream record "
+        "(the sender went away or the connection was cut); nothing was saved",
+    )
     assert entries(outdir) == [], "a partial or temporary file was left behind"
 
 
