@@ -882,3 +882,28 @@ def test_buffer_bounded_by_one_frame_and_one_read(read_size):
     assert peak <= limit
     assert proto.events == [("frame", t, v) for t, v in frames]
     assert proto._unprocessed == b""
+
+
+def test_raw_mode_from_outside_delivers_buffered_partial_frame_at_once():
+    """Switching to raw mode outside a hook (as pairing does to a waiting sender) delivers bytes already buffered at once, even a partial frame."""
+    proto, _ = connected()
+    proto.dataReceived(encode_frame(0x10, b"x" * 100)[:50])  # half a frame: parser waits
+    assert proto.events == []
+    proto.set_raw_mode()
+    assert merged(proto.events) == [("raw", encode_frame(0x10, b"x" * 100)[:50])]
+    proto.dataReceived(b"more")
+    assert merged(proto.events)[-1][1].endswith(b"more")
+
+
+def test_large_frame_in_many_reads_is_joined_once():
+    """A frame arriving in many small reads is delivered whole, once its last byte is in, and not before."""
+    proto, _ = connected()
+    proto.max_frame_length = 300_000
+    frame = struct.pack("!IB", 200_001, 0x22) + b"y" * 200_000
+    body, last = frame[:-1], frame[-1:]
+    for n, i in enumerate(range(0, len(body), 1000), start=1):
+        proto.dataReceived(body[i : i + 1000])
+        assert proto.events == []
+        assert len(proto._chunks) == n  # appended, not re-joined
+    proto.dataReceived(last)
+    assert proto.events == [("frame", 0x22, b"y" * 200_000)]

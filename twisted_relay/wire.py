@@ -202,11 +202,16 @@ class FrameReceiver(Protocol):
         complete and framing resumes; the default does nothing."""
 
     def set_raw_mode(self, count: int | None = None) -> None:
-        """Deliver the next C{count} bytes (all bytes, if C{None}) raw."""
+        """Deliver the next C{count} bytes (all bytes, if C{None}) raw,
+        starting with any already buffered: at once if called from outside
+        a hook, or as the running parse loop goes on if from inside one."""
         if count is None:
             self._raw_forever = True
         else:
             self._raw_remaining = count
+        self._need = 0
+        if self._chunks and not self._busy_receiving:
+            self.dataReceived(b"")
 
     def discard_input(self) -> None:
         """Ignore everything from now on: the connection is being closed."""
