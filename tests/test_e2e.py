@@ -111,7 +111,7 @@ def test_dropped_record_is_detected(tmp_path) -> None:
     """A data record that never arrives fails the receiver as corrupted; nothing is stored."""
     pair = Pair(tmp_path)
     sent = {"data": 0}
-    original = pair.sender.send_large_frame
+    original = pair.sender.send_record
 
     def drop_third(ftype, value):
         if ftype == FrameType.SEALED_DATA:
@@ -120,7 +120,7 @@ def test_dropped_record_is_detected(tmp_path) -> None:
                 return
         original(ftype, value)
 
-    pair.sender.send_large_frame = drop_third  # type: ignore[method-assign]
+    pair.sender.send_record = drop_third  # type: ignore[method-assign]
     pair.run()
     assert pair.receiver_exit() is ExitCode.TRANSFER_CORRUPTED
     assert os.listdir(pair.folder) == []
@@ -130,7 +130,7 @@ def test_dropped_record_is_detected(tmp_path) -> None:
 def test_stream_cut_before_end_record(tmp_path) -> None:
     """If the stream is cut just before the end-of-stream record, the receiver stores nothing and says why; the sender does not succeed."""
     pair = Pair(tmp_path)
-    original = pair.sender.send_large_frame
+    original = pair.sender.send_record
 
     def cut_at_end(ftype, value):
         if ftype == FrameType.SEALED_END:
@@ -139,7 +139,7 @@ def test_stream_cut_before_end_record(tmp_path) -> None:
             return
         original(ftype, value)
 
-    pair.sender.send_large_frame = cut_at_end  # type: ignore[method-assign]
+    pair.sender.send_record = cut_at_end  # type: ignore[method-assign]
     pair.run()
     failure = failure_result_of(pair.receiver.done, TransferFailed).value
     assert failure.exit_code is ExitCode.PEER_GONE
@@ -151,7 +151,7 @@ def test_stream_cut_before_end_record(tmp_path) -> None:
 def test_injected_clear_error_is_treated_as_tampering(tmp_path, monkeypatch) -> None:
     """After keys are confirmed, a clear-text ERROR frame (say, forged by the relay) is not believed: the transfer is corrupted."""
     pair = Pair(tmp_path)
-    original = pair.sender.send_large_frame
+    original = pair.sender.send_record
 
     def inject(ftype, value):
         original(ftype, value)
@@ -159,7 +159,7 @@ def test_injected_clear_error_is_treated_as_tampering(tmp_path, monkeypatch) -> 
             [splice] = pair.net.factory.splices
             splice.receiver.transport.write(encode_frame(FrameType.ERROR, encode_error(ErrorCode.FILE_EXISTS, "forged")))
 
-    pair.sender.send_large_frame = inject  # type: ignore[method-assign]
+    pair.sender.send_record = inject  # type: ignore[method-assign]
     pair.run()
     assert pair.receiver_exit() is ExitCode.TRANSFER_CORRUPTED
     assert os.listdir(pair.folder) == []
@@ -169,8 +169,8 @@ def test_wrong_code_sends_no_sealed_record(tmp_path) -> None:
     """With a wrong code nothing sealed (no header, no data) ever leaves the sender, and both sides say 'wrong code'."""
     pair = Pair(tmp_path)
     sealed: list[int] = []
-    original = pair.sender.send_large_frame
-    pair.sender.send_large_frame = lambda ftype, value: (sealed.append(ftype), original(ftype, value))[1]  # type: ignore[method-assign]
+    original = pair.sender.send_record
+    pair.sender.send_record = lambda ftype, value: (sealed.append(ftype), original(ftype, value))[1]  # type: ignore[method-assign]
     code = pair.codes[0]
     pair.receiver = ReceiverProtocol(pair.net.clock, Code(code.channel, ("tulip", "tulip")), str(pair.folder))
     pair.net.connect(pair.receiver)

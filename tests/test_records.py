@@ -51,7 +51,25 @@ def test_round_trip_in_order() -> None:
     sealer, opener = Sealer(KEY), Opener(KEY)
     records = [sealer.seal(DATA, bytes([i]) * i) for i in range(5)]
     assert [len(r) - TAG_SIZE for r in records] == list(range(5))
-    assert [opener.open(DATA, r) for r in records] == [bytes([i]) * i for i in range(5)]
+    assert [bytes(opener.open(DATA, r)) for r in records] == [bytes([i]) * i for i in range(5)]
+
+
+def test_whole_frame_matches_record() -> None:
+    """seal_frame gives the frame header followed by exactly what seal gives for the same record."""
+    framed, plain = Sealer(KEY), Sealer(KEY)
+    for payload in (b"", b"abc", bytes(70_000)):
+        frame = framed.seal_frame(DATA, memoryview(payload))
+        record = plain.seal(DATA, payload)
+        assert frame == (len(record) + 1).to_bytes(4, "big") + bytes([DATA]) + record
+
+
+def test_opened_view_is_reused() -> None:
+    """open returns a view that the next open overwrites (callers copy what they keep)."""
+    sealer, opener = Sealer(KEY), Opener(KEY)
+    first = opener.open(DATA, sealer.seal(DATA, b"aaaa"))
+    kept = bytes(first)
+    opener.open(DATA, sealer.seal(DATA, b"bbbb"))
+    assert kept == b"aaaa" and bytes(first) == b"bbbb"
 
 
 def test_flipped_bit_detected() -> None:

@@ -8,6 +8,7 @@ stdout is data (the sender's code); everything for people goes to stderr.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
@@ -31,6 +32,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(ExitCode.USAGE)
 
 
+def keep_freed_memory() -> None:
+    """
+    Ask glibc to keep freed memory for reuse instead of returning it to the
+    kernel after every large buffer. Each record is a quarter-megabyte
+    buffer; by default glibc maps and unmaps (or trims) that memory each
+    time, and the page faults cost more CPU than the encryption (measured:
+    165,000 faults per 256 MiB). Only the command-line programs do this,
+    and only where glibc is the allocator.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024)
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+
+
 def run_transfer(
     main: Callable[[Any, argparse.Namespace], Coroutine[Any, Any, None]],
     parser: argparse.ArgumentParser,
@@ -38,6 +58,7 @@ def run_transfer(
 ) -> NoReturn:
     """Parse C{argv}, run C{main(reactor, args)} and exit with its outcome."""
     args = parser.parse_args(argv)
+    keep_freed_memory()
     finished = []
 
     def start(reactor: Any) -> Deferred[None]:

@@ -16,8 +16,6 @@ import tempfile
 
 from twisted_relay.filenames import check_name
 
-_BUFFER = 1024 * 1024
-
 
 class FileExists(Exception):
     """The final name is taken and overwriting was not allowed."""
@@ -43,11 +41,15 @@ class IncomingFile:
         if not overwrite and os.path.lexists(self.final_path):
             raise FileExists(self.final_path)
         fd, self.temp_path = tempfile.mkstemp(dir=folder, prefix=".filerelay-", suffix=".part")
-        self._file = os.fdopen(fd, "wb", buffering=_BUFFER)
+        # Unbuffered: records arrive in large pieces, and a buffer would
+        # only copy them once more.
+        self._file = os.fdopen(fd, "wb", buffering=0)
         self._open = True
 
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]
         self.written += len(data)
 
     def commit(self) -> None:

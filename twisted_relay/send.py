@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def open_outgoing(path: str) -> Outgoing:
     """Open the file before contacting anyone, so a typo fails at once."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=0)  # large readinto calls go straight to the kernel
     except OSError as e:
         raise TransferFailed(ExitCode.INPUT_UNREADABLE, f"cannot read {path}: {e.strerror}") from None
     st = os.fstat(f.fileno())

@@ -54,6 +54,10 @@ class FileStreamer:
     buffer holds more than C{bufferSize}, so at most one chunk beyond that
     is ever in memory.
 
+    Chunks are read into one reused buffer and handed to the consumer as
+    memoryviews valid only during C{write}: the consumer must use or copy
+    them at once (L{SealedData} seals them straight away).
+
     C{start()} returns a Deferred that fires once every byte has been
     written, or fails with L{SourceChanged} or the read's C{OSError}.
     """
@@ -77,6 +81,7 @@ class FileStreamer:
         self._finished = False
         self._scheduled = None
         self._done: Deferred[None] = Deferred()
+        self._buffer = memoryview(bytearray(min(chunk_size, size) or 1))
 
     def start(self) -> Deferred[None]:
         self._consumer.registerProducer(self, True)
@@ -106,18 +111,18 @@ class FileStreamer:
                 self._done.callback(None)
                 return
             try:
-                chunk = self._file.read(min(self._chunk_size, self._remaining))
+                n = self._file.readinto(self._buffer[: min(self._chunk_size, self._remaining)])
             except OSError as e:
                 self._finish()
                 self._done.errback(e)
                 return
-            if not chunk:
+            if not n:
                 self._finish()
                 self._done.errback(SourceChanged())
                 return
-            self._remaining -= len(chunk)
-            self._consumer.write(chunk)
-            self._on_chunk(len(chunk))
+            self._remaining -= n
+            self._consumer.write(self._buffer[:n])
+            self._on_chunk(n)
         if not self._paused and not self._finished and self._scheduled is None:
             # The consumer keeps taking bytes without pausing us; yield to
             # the reactor between bursts instead of starving it.

@@ -161,6 +161,9 @@ class FrameReceiver(Protocol):
     """
 
     max_frame_length = MAX_FRAME
+    #: Hand frame values to L{frame_received} as memoryviews of the read
+    #: buffer instead of copies: for large frames that are consumed at once.
+    frame_values_as_views = False
     paused = False
     _busy_receiving = False
     _discarding = False
@@ -222,12 +225,6 @@ class FrameReceiver(Protocol):
     def send_frame(self, ftype: int, value: bytes = b"") -> None:
         self.transport.write(encode_frame(ftype, value))
 
-    def send_large_frame(self, ftype: int, value: bytes) -> None:
-        """Send a frame above the control maximum (a sealed record) without
-        copying C{value} into a new buffer; the caller bounds its size."""
-        self.transport.write(_HEADER.pack(len(value) + 1, ftype))
-        self.transport.write(value)
-
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
             return
@@ -283,7 +280,10 @@ class FrameReceiver(Protocol):
                 self._need = _LENGTH.size + length
                 break
             ftype = buf[offset + _LENGTH.size]
-            value = buf[offset + _HEADER.size : offset + _LENGTH.size + length]
+            if self.frame_values_as_views:
+                value = memoryview(buf)[offset + _HEADER.size : offset + _LENGTH.size + length]
+            else:
+                value = buf[offset + _HEADER.size : offset + _LENGTH.size + length]
             offset += _LENGTH.size + length
             self.frame_received(ftype, value)
         return offset
