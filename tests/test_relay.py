@@ -6,6 +6,7 @@ fake clock: every state meets every event.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -32,17 +33,21 @@ HELLO = encode_frame(FrameType.HELLO, encode_version(RELAY_PROTOCOL_VERSION))
 class Relay:
     """A relay factory on a fake clock, and ways to open connections to it."""
 
-    def __init__(self, handshake_timeout: float | None = 30.0, wait_timeout: float | None = 3600.0) -> None:
+    def __init__(
+        self, handshake_timeout: float | None = 30.0, wait_timeout: float | None = 3600.0, **factory_args: Any
+    ) -> None:
         self.clock = Clock()
-        self.factory = RelayFactory(self.clock, handshake_timeout=handshake_timeout, wait_timeout=wait_timeout)
+        self.factory = RelayFactory(
+            self.clock, handshake_timeout=handshake_timeout, wait_timeout=wait_timeout, **factory_args
+        )
 
     def connect(self, host: str = "10.0.0.1") -> RelayProtocol:
         proto = self.factory.buildProtocol(None)
         proto.makeConnection(make_transport(host))
         return proto
 
-    def greeted(self) -> RelayProtocol:
-        proto = self.connect()
+    def greeted(self, host: str = "10.0.0.1") -> RelayProtocol:
+        proto = self.connect(host)
         proto.dataReceived(HELLO)
         proto.transport.clear()
         return proto
@@ -55,8 +60,8 @@ class Relay:
         proto.transport.clear()
         return proto, int(value)
 
-    def receiver(self, channel: int, extra: bytes = b"") -> RelayProtocol:
-        proto = self.greeted()
+    def receiver(self, channel: int, extra: bytes = b"", host: str = "10.0.0.1") -> RelayProtocol:
+        proto = self.greeted(host)
         proto.dataReceived(encode_frame(FrameType.CLAIM, encode_channel(channel)) + extra)
         return proto
 
@@ -300,6 +305,15 @@ def test_bytes_after_claim_are_forwarded(relay: Relay) -> None:
     assert sender.transport.value().endswith(b"early bytes")
 
 
+def test_bytes_held_from_waiting_sender_follow_paired(relay: Relay) -> None:
+    """Part of a frame a waiting sender sent reaches the receiver right after the receiver's PAIRED."""
+    sender, channel = relay.sender()
+    sender.dataReceived(b"\0\0")
+    receiver = relay.receiver(channel)
+    assert receiver.transport.value().endswith(encode_frame(FrameType.PAIRED) + b"\0\0")
+    assert sender.splice.bytes_up == 2
+
+
 def test_second_receiver_refused(relay: Relay) -> None:
     """A second receiver for a channel already paired is told the code is in use."""
     sender, channel = relay.sender()
@@ -408,3 +422,239 @@ def test_partner_closing_in_time_cancels_cut() -> None:
     lose(receiver)
     assert relay.clock.getDelayedCalls() == []
     assert relay.factory.splices == set()
+
+
+# idle timeout on paired transfers
+
+
+def test_idle_transfer_is_cut_on_both_sides() -> None:
+    """A paired transfer in which no byte moves either way for the idle timeout is cut on both sides."""
+    relay = Relay(idle_timeout=300)
+    sender, receiver = relay.pair()
+    relay.clock.advance(299)
+    assert not sender.transport.disconnecting and not receiver.transport.disconnecting
+    relay.clock.advance(1)
+    assert sender.transport.aborted and receiver.transport.aborted
+    assert sender.splice.outcome == "idle-timeout"
+
+
+def test_traffic_either_way_keeps_transfer_alive() -> None:
+    """Bytes in either direction restart the idle countdown; the cut comes a full timeout after the last byte."""
+    relay = Relay(idle_timeout=300)
+    sender, receiver = relay.pair()
+    relay.clock.advance(200)
+    sender.dataReceived(b"up")
+    relay.clock.advance(200)
+    receiver.dataReceived(b"down")
+    relay.clock.advance(299)
+    assert not sender.transport.disconnecting
+    relay.clock.advance(1)
+    assert sender.transport.aborted and receiver.transport.aborted
+
+
+def test_idle_check_costs_one_timer_per_transfer() -> None:
+    """Forwarding many chunks schedules nothing: a transfer holds one idle timer whatever its traffic."""
+    relay = Relay(idle_timeout=300)
+    sender, receiver = relay.pair()
+    assert len(relay.clock.getDelayedCalls()) == 1
+    timer = relay.clock.getDelayedCalls()[0]
+    for _ in range(100):
+        sender.dataReceived(b"x" * 10)
+        receiver.dataReceived(b"y")
+        relay.clock.advance(1)
+    assert relay.clock.getDelayedCalls() == [timer]
+
+
+def test_idle_timer_goes_with_the_transfer() -> None:
+    """A transfer that ends, or is cut for idleness, leaves no idle timer behind."""
+    relay = Relay(idle_timeout=300)
+    sender, receiver = relay.pair()
+    lose(receiver)
+    lose(sender)
+    assert relay.clock.getDelayedCalls() == []
+    sender, receiver = relay.pair()
+    relay.clock.advance(300)
+    lose(sender)
+    lose(receiver)
+    assert relay.clock.getDelayedCalls() == []
+    assert relay.factory.splices == set()
+
+
+def test_idle_timeout_off_never_cuts() -> None:
+    """With no idle timeout a silent transfer is left alone."""
+    relay = Relay(idle_timeout=None)
+    sender, receiver = relay.pair()
+    relay.clock.advance(10 * 3600)
+    assert not sender.transport.disconnecting and not receiver.transport.disconnecting
+    assert relay.clock.getDelayedCalls() == []
+
+
+def test_waiting_sender_has_no_idle_timer() -> None:
+    """The idle timeout applies to paired transfers only; a waiting sender is bound by the wait timeout."""
+    relay = Relay(idle_timeout=5, wait_timeout=60)
+    sender, _ = relay.sender()
+    relay.clock.advance(59)
+    assert not sender.transport.disconnecting
+
+
+# connection limits
+
+
+def test_connection_beyond_total_limit_is_told_busy() -> None:
+    """Beyond --max-connections a new connection gets RELAY_BUSY and is closed; open ones are untouched."""
+    relay = Relay(max_connections=2)
+    sender, channel = relay.sender()
+    other = relay.connect("10.0.0.2")
+    extra = relay.connect("10.0.0.3")
+    assert error_of(extra) is ErrorCode.RELAY_BUSY
+    assert sender.state is State.WAITING and not sender.transport.disconnecting
+    assert other.state is State.NEW and not other.transport.disconnecting
+    assert relay.factory.registry.waiting() == [sender]
+
+
+def test_busy_refusal_is_sent_before_any_frame() -> None:
+    """The busy refusal is the connection's only output: no WELCOME, whatever the client sends."""
+    relay = Relay(max_connections=1)
+    relay.connect()
+    extra = relay.connect()
+    extra.dataReceived(HELLO + encode_frame(FrameType.REGISTER))
+    assert [ftype for ftype, _ in parse_frames(extra.transport.value())] == [FrameType.ERROR]
+    assert len(relay.factory.registry) == 0
+
+
+def test_closed_connection_frees_its_slot() -> None:
+    """Once a connection closes, a new one is admitted again."""
+    relay = Relay(max_connections=1)
+    first = relay.connect()
+    lose(first)
+    second = relay.connect()
+    assert not second.transport.disconnecting
+
+
+def test_refused_connections_do_not_use_slots() -> None:
+    """A refused connection is not counted: when it closes, the open ones still hold exactly their slots."""
+    relay = Relay(max_connections=1)
+    first = relay.connect()
+    for _ in range(3):
+        refused = relay.connect()
+        assert error_of(refused) is ErrorCode.RELAY_BUSY
+        lose(refused)
+    assert relay.factory.limits.total == 1
+    lose(first)
+    assert relay.factory.limits.total == 0
+    assert not relay.connect().transport.disconnecting
+
+
+def test_refused_connection_has_only_its_close_grace_timer() -> None:
+    """A busy refusal starts no handshake timer; once it has closed no timer is left."""
+    relay = Relay(max_connections=1)
+    relay.connect()
+    before = len(relay.clock.getDelayedCalls())
+    refused = relay.connect()
+    assert len(relay.clock.getDelayedCalls()) == before + 1
+    lose(refused)
+    assert len(relay.clock.getDelayedCalls()) == before
+
+
+def test_per_address_limit() -> None:
+    """Beyond --max-per-ip an address is told busy while other addresses are still admitted."""
+    relay = Relay(max_per_ip=2)
+    a1, a2 = relay.connect("10.0.0.1"), relay.connect("10.0.0.1")
+    a3 = relay.connect("10.0.0.1")
+    assert error_of(a3) is ErrorCode.RELAY_BUSY
+    b1 = relay.connect("10.0.0.2")
+    assert not b1.transport.disconnecting
+    assert not a1.transport.disconnecting and not a2.transport.disconnecting
+    lose(a1)
+    assert not relay.connect("10.0.0.1").transport.disconnecting
+
+
+def test_paired_transfer_unaffected_by_limits() -> None:
+    """A running transfer keeps flowing while new connections are refused as busy."""
+    relay = Relay(max_connections=2)
+    sender, receiver = relay.pair()
+    assert error_of(relay.connect("10.0.0.9")) is ErrorCode.RELAY_BUSY
+    sender.dataReceived(b"still here")
+    assert receiver.transport.value() == b"still here"
+
+
+def test_no_connection_limit_by_default() -> None:
+    """A factory given no limits admits any number of connections from one address."""
+    relay = Relay()
+    protos = [relay.connect() for _ in range(200)]
+    assert not any(p.transport.disconnecting for p in protos)
+
+
+# failed codes per address
+
+
+def _fail_claims(relay: Relay, n: int, host: str = "10.0.0.66") -> None:
+    for i in range(n):
+        assert error_of(relay.receiver(900_000 + i, host=host)) is ErrorCode.UNKNOWN_CODE
+
+
+def test_too_many_failed_codes_blocks_the_address() -> None:
+    """After --max-failed-codes unknown codes, the address's next claim is refused, even for a real code."""
+    relay = Relay(max_failed_codes=3)
+    sender, channel = relay.sender()
+    _fail_claims(relay, 3)
+    guesser = relay.receiver(channel, host="10.0.0.66")
+    assert error_of(guesser) is ErrorCode.TOO_MANY_ATTEMPTS
+    assert sender.state is State.WAITING and not sender.transport.disconnecting
+    assert relay.factory.registry.waiting() == [sender]
+
+
+def test_blocked_address_does_not_touch_the_registry() -> None:
+    """A blocked claim neither pairs nor learns whether the channel is taken."""
+    relay = Relay(max_failed_codes=1)
+    sender, receiver = relay.pair()
+    _fail_claims(relay, 1)
+    taken = relay.receiver(sender.channel, host="10.0.0.66")
+    free = relay.receiver(77, host="10.0.0.66")
+    assert error_of(taken) is error_of(free) is ErrorCode.TOO_MANY_ATTEMPTS
+
+
+def test_codes_in_use_count_as_failures() -> None:
+    """Claiming a channel that is already paired counts as a failed code."""
+    relay = Relay(max_failed_codes=2)
+    sender, receiver = relay.pair()
+    for _ in range(2):
+        assert error_of(relay.receiver(sender.channel, host="10.0.0.66")) is ErrorCode.CODE_IN_USE
+    assert error_of(relay.receiver(sender.channel, host="10.0.0.66")) is ErrorCode.TOO_MANY_ATTEMPTS
+
+
+def test_other_addresses_are_not_blocked() -> None:
+    """One address's failed codes do not stop another from claiming its code."""
+    relay = Relay(max_failed_codes=2)
+    sender, channel = relay.sender()
+    _fail_claims(relay, 2)
+    receiver = relay.receiver(channel, host="10.0.0.7")
+    assert receiver.state is State.PAIRED
+
+
+def test_block_ends_with_the_window() -> None:
+    """A blocked address may claim again once the minute that began with its first failure is over."""
+    relay = Relay(max_failed_codes=2, wait_timeout=None)
+    sender, channel = relay.sender()
+    _fail_claims(relay, 1)
+    relay.clock.advance(50)
+    _fail_claims(relay, 1)
+    relay.clock.advance(9)
+    assert error_of(relay.receiver(channel, host="10.0.0.66")) is ErrorCode.TOO_MANY_ATTEMPTS
+    relay.clock.advance(1)
+    assert relay.receiver(channel, host="10.0.0.66").state is State.PAIRED
+
+
+def test_successful_claims_are_not_failures() -> None:
+    """Claims that pair never count towards the limit."""
+    relay = Relay(max_failed_codes=1)
+    for _ in range(3):
+        sender, channel = relay.sender()
+        assert relay.receiver(channel, host="10.0.0.66").state is State.PAIRED
+
+
+def test_failed_codes_unlimited_when_off() -> None:
+    """With no failed-code limit, any number of unknown codes just get UNKNOWN_CODE."""
+    relay = Relay(max_failed_codes=None)
+    _fail_claims(relay, 50)
+    assert len(relay.factory.failed_claims) == 0

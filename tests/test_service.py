@@ -11,7 +11,14 @@ from twisted.python import usage
 
 from twisted_relay.errors import ErrorCode
 from twisted_relay.relay import State
-from twisted_relay.service import DrainingService, Options, makeService, normalize_port
+from twisted_relay.service import (
+    DrainingService,
+    LogObserverService,
+    Options,
+    makeService,
+    normalize_metrics_port,
+    normalize_port,
+)
 from twisted_relay.wire import decode_error
 
 from tests.helpers import assert_no_result, parse_frames, success_result_of
@@ -48,6 +55,12 @@ def test_options_defaults() -> None:
     assert options["handshake-timeout"] == 30.0
     assert options["wait-timeout"] == 3600.0
     assert options["drain-timeout"] == 60.0
+    assert options["idle-timeout"] == 300.0
+    assert options["max-connections"] is None
+    assert options["max-per-ip"] is None
+    assert options["max-failed-codes"] == 10
+    assert options["log-format"] == "text"
+    assert options["metrics-port"] is None
 
 
 def test_options_repeatable_port() -> None:
@@ -134,3 +147,160 @@ def test_shutdown_cuts_transfers_after_drain_timeout() -> None:
     lose(sender)
     lose(receiver)
     success_result_of(d)
+
+
+# the hardening options
+
+
+def parsed(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+@pytest.mark.parametrize("flag", ["--idle-timeout", "--max-connections", "--max-per-ip", "--max-failed-codes"])
+def test_limits_can_be_turned_off(flag: str) -> None:
+    """The idle timeout and every limit accept 'off'."""
+    assert parsed(flag, "off")[flag[2:]] is None
+
+
+@pytest.mark.parametrize("flag", ["--max-connections", "--max-per-ip", "--max-failed-codes"])
+@pytest.mark.parametrize("bad", ["0", "-3", "1.5", "many", ""])
+def test_limits_refuse_bad_values(flag: str, bad: str) -> None:
+    """A limit must be a whole number above 0 (or 'off')."""
+    with pytest.raises(usage.UsageError):
+        parsed(flag, bad)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon"])
+def test_idle_timeout_refuses_bad_values(bad: str) -> None:
+    """The idle timeout must be a positive number of seconds (or 'off')."""
+    with pytest.raises(usage.UsageError):
+        parsed("--idle-timeout", bad)
+
+
+def test_log_format_choices() -> None:
+    """--log-format takes text or json, in any case, and nothing else."""
+    assert parsed("--log-format", "JSON")["log-format"] == "json"
+    assert parsed("--log-format", "text")["log-format"] == "text"
+    with pytest.raises(usage.UsageError):
+        parsed("--log-format", "xml")
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("9102", "tcp:9102:interface=127.0.0.1"),
+        (":9102", "tcp:9102:interface=127.0.0.1"),
+        ("tcp:9102", "tcp:9102"),
+        ("tcp:9102:interface=0.0.0.0", "tcp:9102:interface=0.0.0.0"),
+        ("unix:/run/filerelay-metrics", "unix:/run/filerelay-metrics"),
+    ],
+)
+def test_metrics_port_bare_number_is_loopback(given: str, expected: str) -> None:
+    """A bare metrics port binds to 127.0.0.1 only; an endpoint string is used as given."""
+    assert normalize_metrics_port(given) == expected
+    assert parsed("--metrics-port", given)["metrics-port"] == expected
+
+
+@pytest.mark.parametrize("bad", ["", "70000", ":"])
+def test_metrics_port_refuses(bad: str) -> None:
+    """An empty or out-of-range metrics port is a usage error."""
+    with pytest.raises(usage.UsageError):
+        parsed("--metrics-port", bad)
+
+
+def test_help_documents_every_option() -> None:
+    """--help names every option with a description and its default."""
+    text = str(Options())
+    for name in (
+        "port",
+        "handshake-timeout",
+        "wait-timeout",
+        "drain-timeout",
+        "idle-timeout",
+        "max-connections",
+        "max-per-ip",
+        "max-failed-codes",
+        "log-format",
+        "metrics-port",
+    ):
+        assert f"--{name}=" in text
+    for param in Options.optParameters:
+        assert param[3], f"--{param[0]} has no help text"
+    assert "[default: 300.0]" in text and "[default: 10]" in text
+
+
+def test_make_service_configures_the_relay() -> None:
+    """The idle timeout and limits given as options reach the relay."""
+    options = parsed(
+        "--idle-timeout", "42", "--max-connections", "100", "--max-per-ip", "5", "--max-failed-codes", "3"
+    )
+    reactor = MemoryReactorClock()
+    makeService(options, reactor=reactor).startService()
+    factory = reactor.tcpServers[0][1]
+    assert factory.idle_timeout == 42
+    assert factory.limits.max_connections == 100
+    assert factory.limits.max_per_host == 5
+    assert factory.failed_claims.limit == 3
+    assert factory.failed_claims._clock is reactor
+
+
+def test_make_service_defaults_reach_the_relay() -> None:
+    """With no options the relay runs with the documented idle timeout and failed-code limit, no caps."""
+    reactor = MemoryReactorClock()
+    makeService(parsed(), reactor=reactor).startService()
+    factory = reactor.tcpServers[0][1]
+    assert factory.idle_timeout == 300
+    assert factory.limits.max_connections is None and factory.limits.max_per_host is None
+    assert factory.failed_claims.limit == 10
+
+
+def test_no_metrics_port_by_default() -> None:
+    """Without --metrics-port the relay listens on its own ports only."""
+    reactor = MemoryReactorClock()
+    makeService(parsed("--port", "9021"), reactor=reactor).startService()
+    assert [port for port, *_ in reactor.tcpServers] == [9021]
+
+
+def test_metrics_port_serves_the_relay_registry() -> None:
+    """--metrics-port listens on loopback with the metrics site, and stops listening with the relay."""
+    from twisted_relay.metrics import MetricsSite
+
+    reactor = MemoryReactorClock()
+    service = makeService(parsed("--port", "9021", "--metrics-port", "9102"), reactor=reactor)
+    service.startService()
+    (relay_port, factory, _, _), (metrics_port, site, _, interface) = reactor.tcpServers
+    assert (relay_port, metrics_port, interface) == (9021, 9102, "127.0.0.1")
+    assert isinstance(site, MetricsSite)
+    [metrics_service] = [s for s in service if getattr(s, "endpoint", None) and s.factory is site]
+    assert metrics_service.running
+    success_result_of(service.stopService())
+    assert not metrics_service.running
+
+
+def test_json_log_format_wraps_the_service_tree() -> None:
+    """--log-format json puts the relay under a service that adds a JSON observer; text does not."""
+    json_top = makeService(parsed("--log-format", "json"), reactor=MemoryReactorClock())
+    assert isinstance(json_top, LogObserverService)
+    assert any(isinstance(s, DrainingService) for s in json_top)
+    text_top = makeService(parsed(), reactor=MemoryReactorClock())
+    assert not isinstance(text_top, LogObserverService)
+
+
+def test_shutdown_leaves_no_timer_or_count() -> None:
+    """After a drain, no idle timer, wait timer or connection count is left behind."""
+    relay = Relay(idle_timeout=300, max_connections=10, max_per_ip=5, max_failed_codes=2)
+    sender, receiver = relay.pair()
+    waiting, _ = relay.sender()
+    lose(relay.receiver(99))
+    d = _drainer(relay, timeout=5).stopService()
+    lose(waiting)
+    relay.clock.advance(5)
+    assert sender.transport.aborted and receiver.transport.aborted
+    lose(sender)
+    lose(receiver)
+    success_result_of(d)
+    assert relay.clock.getDelayedCalls() == []
+    assert relay.factory.limits.total == 0
+    assert relay.factory.limits.open_from("10.0.0.1") == 0

@@ -3,6 +3,8 @@ The C{twistd filerelay} command line and the service tree it builds.
 
 Only this module knows about twistd and options; the relay itself takes
 plain arguments. Used through the plugin in C{twisted/plugins/filerelay.py}.
+Every default of C{twistd filerelay} is in L{Options.optParameters} (and
+L{DEFAULT_PORT}); the relay's own classes default to "off".
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
 from twisted_relay.errors import ErrorCode
+from twisted_relay.logs import LOG_FORMATS, SHUTDOWN, json_observer
+from twisted_relay.metrics import metrics_site
 from twisted_relay.relay import RelayFactory, State
 
 DEFAULT_PORT = 9021
+
+#: What a bare --metrics-port number binds to: metrics stay on this host
+#: unless an endpoint string says otherwise.
+METRICS_INTERFACE = "127.0.0.1"
 
 
 def normalize_port(text: str) -> str:
@@ -40,6 +48,19 @@ def normalize_port(text: str) -> str:
     return text
 
 
+def normalize_metrics_port(text: str) -> str:
+    """
+    Like L{normalize_port}, but a bare number (or C{:NUMBER}) binds to
+    L{METRICS_INTERFACE} only: metrics tell a stranger how busy the relay is,
+    so serving them beyond this host takes an explicit endpoint.
+    """
+    description = normalize_port(text)
+    stripped = text.strip().lstrip(":")
+    if stripped.isdigit():
+        description += f":interface={METRICS_INTERFACE}"
+    return description
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -48,6 +69,39 @@ def _seconds(text: str) -> float:
 
 
 _seconds.coerceDoc = "Seconds, greater than 0."  # type: ignore[attr-defined]
+
+_OFF = ("off", "none")
+
+
+def _seconds_or_off(text: str) -> float | None:
+    if text.strip().lower() in _OFF:
+        return None
+    return _seconds(text)
+
+
+_seconds_or_off.coerceDoc = "Seconds, greater than 0, or 'off'."  # type: ignore[attr-defined]
+
+
+def _count_or_off(text: str) -> int | None:
+    if text.strip().lower() in _OFF:
+        return None
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a whole number above 0, or 'off'")
+    return value
+
+
+_count_or_off.coerceDoc = "A whole number above 0, or 'off'."  # type: ignore[attr-defined]
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
+    return value
+
+
+_log_format.coerceDoc = "One of: " + ", ".join(LOG_FORMATS) + "."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -58,10 +112,58 @@ class Options(usage.Options):
         "bytes with backpressure."
     )
 
+    # The one place where the relay's defaults are set. A doc with no default
+    # has no final full stop: usage.Options adds ". " before the coercer's doc.
     optParameters = [
         ["handshake-timeout", None, 30.0, "Close connections that have not registered within this many seconds.", _seconds],
         ["wait-timeout", None, 3600.0, "How long a sender may wait for its receiver, in seconds.", _seconds],
         ["drain-timeout", None, 60.0, "On shutdown, how long paired transfers may go on, in seconds.", _seconds],
+        [
+            "idle-timeout",
+            None,
+            300.0,
+            "Cut a paired transfer once no byte has moved either way for this many seconds.",
+            _seconds_or_off,
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Refuse new connections (ERROR relay busy) while this many are open. Off unless given",
+            _count_or_off,
+        ],
+        [
+            "max-per-ip",
+            None,
+            None,
+            "Refuse new connections (ERROR relay busy) from an address that already has this many open. "
+            "Off unless given",
+            _count_or_off,
+        ],
+        [
+            "max-failed-codes",
+            None,
+            10,
+            "After this many claims of unknown or in-use codes from one address within a minute, "
+            "refuse its claims (ERROR too many attempts) until that minute is over.",
+            _count_or_off,
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text: twistd's own log only; json: also one JSON object per line on standard output "
+            "while the relay runs (or use twistd --logger=twisted_relay.logs.json_observer).",
+            _log_format,
+        ],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics. A bare number binds to 127.0.0.1 only; give an endpoint "
+            "such as tcp:9102:interface=0.0.0.0 to serve other hosts. Off unless given.",
+            normalize_metrics_port,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -69,8 +171,7 @@ class Options(usage.Options):
         self["ports"] = []
 
     def opt_port(self, value: str) -> None:
-        """Where to listen: a number, :NUMBER or an endpoint such as
-        tcp:9021:interface=127.0.0.1 (repeatable; default tcp:9021)."""
+        """Where to listen: a number, :NUMBER or an endpoint such as tcp:9021:interface=127.0.0.1 (repeatable; default tcp:9021)."""  # noqa: E501 - usage.Options prints docstrings as they are
         self["ports"].append(normalize_port(value))
 
     opt_p = opt_port
@@ -117,22 +218,62 @@ class DrainingService(Service):
     def _cut(self, idle: Deferred[None]) -> None:
         self._log.info("drain timeout: cutting {n} connections", n=len(self.factory.connections))
         for splice in list(self.factory.splices):
-            splice.abort("shutdown")
+            splice.abort(SHUTDOWN)
         for proto in list(self.factory.connections):
             proto.transport.abortConnection()
 
 
+class LogObserverService(MultiService):
+    """
+    Runs its children with one more log observer: added before any child
+    starts, removed only once every child has stopped, so the last events of
+    a drain are still written. twistd has chosen its own observer before any
+    service starts; this is how an option of ours adds another.
+    """
+
+    def __init__(self, observer: ILogObserver, publisher: LogPublisher = globalLogPublisher) -> None:
+        super().__init__()
+        self.observer = observer
+        self.publisher = publisher
+
+    def startService(self) -> None:
+        self.publisher.addObserver(self.observer)
+        super().startService()
+
+    def stopService(self) -> Deferred[object]:
+        d: Deferred[object] = super().stopService()
+
+        def remove(result: object) -> object:
+            self.publisher.removeObserver(self.observer)
+            return result
+
+        return d.addBoth(remove)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """Build the relay: one listening service per --port, plus the drainer."""
+    """
+    Build the relay: one listening service per --port, the drainer, the
+    metrics site if asked for, all under a service that adds the JSON log
+    observer if asked for.
+    """
     if reactor is None:
         from twisted.internet import reactor  # noqa: the app's one entry point
     factory = RelayFactory(
         clock=reactor,
         handshake_timeout=options["handshake-timeout"],
         wait_timeout=options["wait-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
+        max_per_ip=options["max-per-ip"],
+        max_failed_codes=options["max-failed-codes"],
     )
-    top = MultiService()
+    top = LogObserverService(json_observer()) if options["log-format"] == "json" else MultiService()
     DrainingService(factory, reactor, options["drain-timeout"]).setServiceParent(top)
     for description in options["ports"]:
         strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    if options["metrics-port"] is not None:
+        # Stops listening with the relay's ports; a scrape in progress then
+        # ends with the reactor. Nothing in the site holds relay state.
+        site = metrics_site(factory.metrics.registry)
+        strports.service(options["metrics-port"], site, reactor=reactor).setServiceParent(top)
     return top

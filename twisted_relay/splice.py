@@ -8,6 +8,11 @@ sender's transport, and the relay stops reading from the sender. Memory per
 transfer is thus bounded by two transport buffers and one read, whatever the
 file size. When either leg is lost, the other is closed after its pending
 bytes are flushed.
+
+A transfer during which no byte moves either way for C{idle_timeout} seconds
+is cut. Reading the clock in L{Splice.carry} is all the hot path pays for
+it: one timer per splice checks L{Splice.last_activity} when it fires and
+sleeps again for the time left, instead of a timer reset per chunk.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
-from twisted.logger import Logger
+
+from twisted_relay.logs import IDLE_TIMEOUT
 
 
 #: Seconds a leg may take to flush after its partner has gone.
@@ -28,7 +34,11 @@ class Leg(TypingProtocol):
     transport: ITCPTransport
 
     def start_forwarding(self, splice: "Splice") -> None:
-        """Switch to raw mode: hand every byte to C{splice.carry}."""
+        """Tell the client it is paired; bytes will go to C{splice.carry}."""
+
+    def set_raw_mode(self) -> None:
+        """Hand every byte, starting with any already buffered, to the
+        splice: at once, unless called from inside the leg's own read."""
 
 
 class Splice:
@@ -38,9 +48,12 @@ class Splice:
 
     @ivar bytes_up: bytes forwarded sender -> receiver.
     @ivar bytes_down: bytes forwarded receiver -> sender.
+    @ivar last_activity: when a byte last arrived on either leg.
+    @ivar idle_timeout: seconds without a byte either way before both legs
+        are cut; C{None}: never.
+    @ivar outcome: why the transfer ended (see L{twisted_relay.logs}), set
+        by the first leg to go or by L{abort}; C{None} while it runs.
     """
-
-    _log = Logger()
 
     def __init__(
         self,
@@ -49,6 +62,7 @@ class Splice:
         clock: IReactorTime,
         channel: int,
         on_end: Callable[["Splice"], object] = lambda splice: None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.sender = sender
         self._on_end = on_end
@@ -61,6 +75,8 @@ class Splice:
         self.last_activity = self.started
         self._lost: set[int] = set()
         self._cut_timer: IDelayedCall | None = None
+        self.idle_timeout = idle_timeout
+        self._idle_timer: IDelayedCall | None = None
         self.outcome: str | None = None
 
     def start(self) -> None:
@@ -69,6 +85,13 @@ class Splice:
         self.receiver.transport.registerProducer(self.sender.transport, True)
         self.sender.start_forwarding(self)
         self.receiver.start_forwarding(self)
+        # Only now switch to raw: switching releases what a leg has buffered
+        # (a waiting sender may have sent part of a frame), and those bytes
+        # must follow the other leg's PAIRED frame, not precede it.
+        self.sender.set_raw_mode()
+        self.receiver.set_raw_mode()
+        if self.idle_timeout is not None:
+            self._idle_timer = self._clock.callLater(self.idle_timeout, self._check_idle)
 
     def other(self, leg: Leg) -> Leg:
         return self.receiver if leg is self.sender else self.sender
@@ -90,6 +113,7 @@ class Splice:
         self._lost.add(id(leg))
         if self.outcome is None:
             self.outcome = outcome
+        self._cancel_idle_timer()
         other = self.other(leg)
         if id(other) not in self._lost:
             other.transport.unregisterProducer()
@@ -100,14 +124,7 @@ class Splice:
             return
         if self._cut_timer is not None and self._cut_timer.active():
             self._cut_timer.cancel()
-        self._log.info(
-            "transfer ended {outcome}: {bytes_up} bytes up, {bytes_down} down",
-            outcome=self.outcome,
-            channel=self.channel,
-            bytes_up=self.bytes_up,
-            bytes_down=self.bytes_down,
-            duration=self._clock.seconds() - self.started,
-        )
+        # Each leg logs its own close, with this splice's counters.
         self._on_end(self)
 
     def abort(self, outcome: str) -> None:
@@ -116,3 +133,20 @@ class Splice:
         for leg in (self.sender, self.receiver):
             if id(leg) not in self._lost:
                 leg.transport.abortConnection()
+
+    def _check_idle(self) -> None:
+        assert self.idle_timeout is not None
+        idle_for = self._clock.seconds() - self.last_activity
+        if idle_for >= self.idle_timeout:
+            self._idle_timer = None
+            # Nothing moved: whatever is still queued is not going anywhere,
+            # so abort rather than wait for a flush. The relay sends no frame
+            # after PAIRED; the clients see the connection end.
+            self.abort(IDLE_TIMEOUT)
+        else:
+            self._idle_timer = self._clock.callLater(self.idle_timeout - idle_for, self._check_idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
