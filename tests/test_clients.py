@@ -465,3 +465,18 @@ def test_lost_ack_is_reported_as_uncertain(tmp_path) -> None:
     failure = failure_result_of(t.sender.done, TransferFailed)
     assert failure.value.exit_code is ExitCode.PEER_GONE
     assert "may or may not" in failure.value.message
+
+
+def test_waiting_sender_has_a_backstop(tmp_path) -> None:
+    """A sender whose relay goes silent while it waits gives up after its own wait limit."""
+    from twisted_relay.client import Timeouts
+
+    net = MemoryNetwork(wait_timeout=None)  # a relay that never ends the wait
+    sender = SenderProtocol(net.clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None, timeouts=Timeouts(wait=50.0))
+    net.connect(sender)
+    net.flush()
+    net.clock.advance(49)
+    assert_no_result(sender.done)
+    net.clock.advance(1)
+    net.flush()
+    assert exit_of(sender.done) is ExitCode.TIMEOUT

@@ -304,3 +304,20 @@ def test_shutdown_leaves_no_timer_or_count() -> None:
     assert relay.clock.getDelayedCalls() == []
     assert relay.factory.limits.total == 0
     assert relay.factory.limits.open_from("10.0.0.1") == 0
+
+
+def test_orderly_drain_clears_the_signal_twistd_would_reraise() -> None:
+    """After a complete drain the relay exits 0 on SIGTERM: the recorded signal is cleared."""
+    from twisted.internet.interfaces import _ISupportsExitSignalCapturing
+    from zope.interface import directlyProvides
+
+    relay = Relay()
+    directlyProvides(relay.clock, _ISupportsExitSignalCapturing)
+    relay.clock._exitSignal = 15
+    sender, receiver = relay.pair()
+    d = _drainer(relay).stopService()
+    assert relay.clock._exitSignal == 15  # not while transfers still run
+    lose(sender)
+    lose(receiver)
+    success_result_of(d)
+    assert relay.clock._exitSignal is None

@@ -15,6 +15,7 @@ from typing import Any, Callable, Coroutine, NoReturn, Sequence
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import react
 
+from twisted_relay.client import Timeouts
 from twisted_relay.errors import ExitCode, TransferFailed
 
 
@@ -30,6 +31,47 @@ class ArgumentParser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         say(f"{self.prog}: error: {message}")
         raise SystemExit(ExitCode.USAGE)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def add_timeout_options(parser: argparse.ArgumentParser, waits: bool) -> None:
+    """The timeout options both programs share (and the sender's wait)."""
+    defaults = Timeouts()
+    parser.add_argument(
+        "--stall-timeout",
+        type=positive_seconds,
+        default=defaults.stall,
+        metavar="SECONDS",
+        help=f"give up when nothing moves for this long during a transfer (default {defaults.stall:g})",
+    )
+    if waits:
+        parser.add_argument(
+            "--wait-timeout",
+            type=positive_seconds,
+            default=defaults.wait,
+            metavar="SECONDS",
+            help=f"give up if no receiver comes within this long (default {defaults.wait:g}; "
+            "the relay usually ends the wait first)",
+        )
+
+
+def timeouts_from(args: argparse.Namespace) -> Timeouts:
+    defaults = Timeouts()
+    stall = args.stall_timeout
+    return Timeouts(
+        handshake=min(defaults.handshake, stall),
+        stall=stall,
+        wait=getattr(args, "wait_timeout", defaults.wait),
+    )
 
 
 def keep_freed_memory() -> None:

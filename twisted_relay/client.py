@@ -9,6 +9,7 @@ been flushed before the process exits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -37,12 +38,27 @@ from twisted_relay.wire import (
 
 DEFAULT_RELAY_PORT = 9021
 
-#: Seconds the relay has to answer HELLO, REGISTER and CLAIM.
+#: Seconds to connect to the relay and for it to answer HELLO, REGISTER
+#: and CLAIM.
 HANDSHAKE_TIMEOUT = 30.0
 
-#: Seconds without a byte moving either way before an active transfer is
-#: given up (the other side or the relay has stalled).
-STALL_TIMEOUT = 120.0
+
+@dataclass(frozen=True)
+class Timeouts:
+    """
+    How long a client waits before giving up, in seconds. Only the relay
+    can tell a waiting sender that nobody came, so the sender's own limit
+    is a backstop for a relay that has silently died, a little beyond the
+    relay's default wait timeout.
+
+    @ivar handshake: for the relay to answer each handshake frame.
+    @ivar stall: without a byte moving either way once paired.
+    @ivar wait: for a receiver to claim the sender's code.
+    """
+
+    handshake: float = HANDSHAKE_TIMEOUT
+    stall: float = 120.0
+    wait: float = 3600.0 + 300.0
 
 #: Seconds to let a closing connection flush before cutting it.
 CLOSE_GRACE = 5.0
@@ -118,9 +134,9 @@ class ClientProtocol(FrameReceiver):
         L{TransferFailed}, after the connection has closed.
     """
 
-    def __init__(self, clock: IReactorTime, stall_timeout: float = STALL_TIMEOUT) -> None:
+    def __init__(self, clock: IReactorTime, timeouts: Timeouts = Timeouts()) -> None:
         self.clock = clock
-        self.stall_timeout = stall_timeout
+        self.timeouts = timeouts
         self.done: Deferred[None] = Deferred()
         self._handlers: dict[int, Callable[[bytes], None]] = {}
         self._result: TransferFailed | None | object = _UNDECIDED
@@ -182,7 +198,7 @@ class ClientProtocol(FrameReceiver):
     def connectionMade(self) -> None:
         self.send_frame(FrameType.HELLO, encode_version(RELAY_PROTOCOL_VERSION))
         self.expect({FrameType.WELCOME: self._on_welcome})
-        self.watch(HANDSHAKE_TIMEOUT, "the relay did not answer in time")
+        self.watch(self.timeouts.handshake, "the relay did not answer in time")
 
     def dataReceived(self, data: bytes) -> None:
         self.progressed()

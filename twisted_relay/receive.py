@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any, NoReturn, Sequence
 
-from twisted_relay.cli import ArgumentParser, run_transfer, say
+from twisted_relay.cli import ArgumentParser, add_timeout_options, run_transfer, say, timeouts_from
 from twisted_relay.client import connect, relay_endpoint
 from twisted_relay.codes import InvalidCode, parse_code
 from twisted_relay.errors import ExitCode, TransferFailed
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing file of the same name (default: refuse)",
     )
+    add_timeout_options(parser, waits=False)
     return parser
 
 
@@ -50,7 +51,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     except (InvalidCode, ValueError) as e:
         raise TransferFailed(ExitCode.USAGE, str(e)) from None
     folder = prepare_folder(args.outdir)
-    proto = ReceiverProtocol(reactor, code, folder, overwrite=args.overwrite, on_event=say)
+    proto = ReceiverProtocol(
+        reactor, code, folder, overwrite=args.overwrite, on_event=say, timeouts=timeouts_from(args)
+    )
     reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
     await connect(endpoint, proto)
     say(f"saved {proto.saved_path}")

@@ -13,7 +13,7 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
-from twisted_relay.client import ClientProtocol
+from twisted_relay.client import ClientProtocol, Timeouts
 from twisted_relay.codes import Code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_message
 from twisted_relay.filenames import BadName
@@ -39,8 +39,9 @@ class ReceiverProtocol(ClientProtocol):
         overwrite: bool = False,
         on_event: Callable[[str], None] = lambda text: None,
         on_progress: Callable[[int, int], None] = lambda done, total: None,
+        timeouts: Timeouts = Timeouts(),
     ) -> None:
-        super().__init__(clock)
+        super().__init__(clock, timeouts)
         self.code = code
         self.folder = folder
         self.overwrite = overwrite
@@ -54,7 +55,7 @@ class ReceiverProtocol(ClientProtocol):
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
-        self.watch(self.stall_timeout, "the sender stopped answering")
+        self.watch(self.timeouts.stall, "the sender stopped answering")
         self.start_key_exchange(self.code, RECEIVER)
 
     def wrong_code(self) -> None:

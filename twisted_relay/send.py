@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, NoReturn, Sequence
 
-from twisted_relay.cli import ArgumentParser, run_transfer, say
+from twisted_relay.cli import ArgumentParser, add_timeout_options, run_transfer, say, timeouts_from
 from twisted_relay.client import connect, relay_endpoint
 from twisted_relay.codes import DEFAULT_WORD_COUNT, Code
 from twisted_relay.errors import ExitCode, TransferFailed
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"words in the code (default {DEFAULT_WORD_COUNT}); more words, harder to guess",
     )
+    add_timeout_options(parser, waits=True)
     return parser
 
 
@@ -63,7 +64,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     except ValueError as e:
         raise TransferFailed(ExitCode.USAGE, str(e)) from None
     outgoing = open_outgoing(args.file)
-    proto = SenderProtocol(reactor, outgoing, print_code, word_count=args.code_words, on_event=say)
+    proto = SenderProtocol(
+        reactor, outgoing, print_code, word_count=args.code_words, on_event=say, timeouts=timeouts_from(args)
+    )
     reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
     try:
         await connect(endpoint, proto)

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from twisted_relay.client import ClientProtocol
+from twisted_relay.client import ClientProtocol, Timeouts
 from twisted_relay.codes import DEFAULT_WORD_COUNT, Code, make_code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
 from twisted_relay.pake import SENDER
@@ -174,8 +174,9 @@ class SenderProtocol(ClientProtocol):
         word_count: int = DEFAULT_WORD_COUNT,
         on_event: Callable[[str], None] = lambda text: None,
         on_progress: Callable[[int, int], None] = lambda done, total: None,
+        timeouts: Timeouts = Timeouts(),
     ) -> None:
-        super().__init__(clock)
+        super().__init__(clock, timeouts)
         self.outgoing = outgoing
         self.code: Code | None = None
         self._on_code = on_code
@@ -193,14 +194,14 @@ class SenderProtocol(ClientProtocol):
     def _on_channel(self, value: bytes) -> None:
         self.code = make_code(decode_channel(value), self._word_count)
         self._on_code(self.code)
-        # The relay's wait timeout bounds this wait, not ours.
-        self.watch(None)
+        # The relay's wait timeout should end this wait; ours is a backstop.
+        self.watch(self.timeouts.wait, "no receiver came, and the relay did not say so; start again")
         self.expect({FrameType.PAIRED: self._on_paired})
 
     def _on_paired(self, value: bytes) -> None:
         assert self.code is not None
         self._on_event("receiver connected; checking the code")
-        self.watch(self.stall_timeout, "the receiver stopped answering")
+        self.watch(self.timeouts.stall, "the receiver stopped answering")
         self.start_key_exchange(self.code, SENDER)
 
     def wrong_code(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, _ISupportsExitSignalCapturing
 from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
@@ -189,6 +189,12 @@ class DrainingService(Service):
     going away and lets paired transfers finish for up to C{drain_timeout}
     seconds, then cuts whatever is left. Stopping a port alone would leave
     every open connection open.
+
+    Once drained, it clears the signal twistd would otherwise re-raise
+    after the reactor stops, so a relay stopped by SIGTERM or SIGINT exits
+    0: the stop was asked for and carried out in order, and supervisors
+    and scripts should see success. A relay killed mid-drain by a second
+    signal or SIGKILL does not get here.
     """
 
     _log = Logger()
@@ -204,6 +210,7 @@ class DrainingService(Service):
             if proto.state is not State.PAIRED:
                 proto.close_with_error(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
         if not self.factory.connections:
+            self._clear_exit_signal()
             return succeed(None)
         self._log.info(
             "draining {transfers} transfers for up to {timeout}s",
@@ -211,11 +218,19 @@ class DrainingService(Service):
             timeout=self.drain_timeout,
         )
         idle = self.factory.when_idle()
-        cutoff = self.clock.callLater(self.drain_timeout, self._cut, idle)
+        cutoff = self.clock.callLater(self.drain_timeout, self._cut)
         idle.addBoth(lambda result: cutoff.cancel() if cutoff.active() else None)
+        idle.addCallback(lambda result: self._clear_exit_signal())
         return idle
 
-    def _cut(self, idle: Deferred[None]) -> None:
+    def _clear_exit_signal(self) -> None:
+        # twistd re-raises the stopping signal if the reactor recorded one
+        # (twisted.application.app, _ISupportsExitSignalCapturing); there is
+        # no public way to say the stop was orderly, so reset that record.
+        if _ISupportsExitSignalCapturing.providedBy(self.clock):
+            self.clock._exitSignal = None  # type: ignore[attr-defined]
+
+    def _cut(self) -> None:
         self._log.info("drain timeout: cutting {n} connections", n=len(self.factory.connections))
         for splice in list(self.factory.splices):
             splice.abort(SHUTDOWN)
