@@ -45,3 +45,32 @@ def test_keep_freed_memory_is_harmless() -> None:
     """Tuning the allocator can be called repeatedly and never fails."""
     keep_freed_memory()
     keep_freed_memory()
+
+
+def test_sender_refuses_name_receivers_refuse(tmp_path) -> None:
+    """A file whose name every receiver refuses (say, a dotfile) fails before any code is spent."""
+    from twisted_relay.errors import TransferFailed
+
+    hidden = tmp_path / ".bashrc"
+    hidden.write_text("x")
+    with pytest.raises(TransferFailed) as failure:
+        send.open_outgoing(str(hidden))
+    assert failure.value.exit_code is ExitCode.FILE_REFUSED
+
+
+def test_sender_refuses_non_regular_files(tmp_path) -> None:
+    """A folder (or device) is not sent: the user is told it is not a regular file."""
+    from twisted_relay.errors import TransferFailed
+
+    with pytest.raises(TransferFailed) as failure:
+        send.open_outgoing(str(tmp_path))
+    assert failure.value.exit_code is ExitCode.INPUT_UNREADABLE
+
+
+def test_sender_reports_unreadable_file(tmp_path) -> None:
+    """A missing file fails at once with the input-unreadable code."""
+    from twisted_relay.errors import TransferFailed
+
+    with pytest.raises(TransferFailed) as failure:
+        send.open_outgoing(str(tmp_path / "missing.bin"))
+    assert failure.value.exit_code is ExitCode.INPUT_UNREADABLE

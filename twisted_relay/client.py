@@ -238,6 +238,13 @@ class ClientProtocol(FrameReceiver):
             self.protocol_error(str(e))
 
     def bad_length(self, length: int) -> None:
+        if self._opener is not None:
+            # Our authenticated peer never sends this: something altered the stream.
+            self.finish(
+                TransferFailed(ExitCode.TRANSFER_CORRUPTED, f"transfer corrupted: frame length {length} out of bounds"),
+                tell_peer=ErrorCode.TRANSFER_CORRUPTED,
+            )
+            return
         self.protocol_error(f"frame length {length} out of bounds")
 
     def _on_welcome(self, value: bytes) -> None:

@@ -114,6 +114,15 @@ def is_disk_full(error: OSError) -> bool:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux allows
+    (os.umask can only be read by setting it, a race in threaded code)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -19,8 +19,8 @@ from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_me
 from twisted_relay.filenames import BadName
 from twisted_relay.incoming import FileExists, IncomingFile, is_disk_full
 from twisted_relay.pake import RECEIVER
-from twisted_relay.records import decode_end
-from twisted_relay.wire import FrameType, MalformedFrame, decode_header, encode_channel
+from twisted_relay.records import Corrupted, decode_end
+from twisted_relay.wire import FrameType, decode_header, encode_channel
 
 
 class ReceiverProtocol(ClientProtocol):
@@ -75,7 +75,8 @@ class ReceiverProtocol(ClientProtocol):
         try:
             self.incoming = IncomingFile(self.folder, name, size, self.overwrite)
         except BadName as e:
-            self._refuse(ErrorCode.BAD_NAME, f"refused the file name {name!r}: {e}")
+            # The reason is about the name alone, so the sender may hear it.
+            self._refuse(ErrorCode.BAD_NAME, f"refused the file name {name!r}: {e}", f"the receiver refused the file name: {e}")
             return
         except FileExists as e:
             self._refuse(
@@ -94,7 +95,7 @@ class ReceiverProtocol(ClientProtocol):
     def _on_data(self, value: bytes) -> None:
         assert self.incoming is not None
         if self.incoming.written + len(value) > self.incoming.size:
-            raise MalformedFrame("the sender sent more than it announced")
+            raise Corrupted("the sender sent more than it announced")
         try:
             self.incoming.write(value)
         except OSError as e:
@@ -106,7 +107,7 @@ class ReceiverProtocol(ClientProtocol):
         assert self.incoming is not None
         total = decode_end(value)
         if total != self.incoming.size or self.incoming.written != total:
-            raise MalformedFrame(f"the stream ended after {self.incoming.written} of {self.incoming.size} bytes")
+            raise Corrupted(f"the stream ended after {self.incoming.written} of {self.incoming.size} bytes")
         try:
             self.incoming.commit()
         except FileExists as e:

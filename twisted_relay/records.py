@@ -22,7 +22,8 @@ TAG_SIZE = 16
 #: Largest plaintext in one record; file data is read in chunks this size.
 MAX_RECORD = 1024 * 1024
 
-#: Largest frame value a peer accepts once keys are confirmed.
+#: Largest frame length (type byte and value) a peer accepts once keys are
+#: confirmed.
 MAX_SEALED_FRAME = 1 + MAX_RECORD + TAG_SIZE
 
 _NONCE = struct.Struct("!IQ")  # 4 zero bytes, then a 64-bit counter

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -14,6 +15,7 @@ from twisted_relay.cli import ArgumentParser, add_timeout_options, run_transfer,
 from twisted_relay.client import connect, relay_endpoint
 from twisted_relay.codes import DEFAULT_WORD_COUNT, Code
 from twisted_relay.errors import ExitCode, TransferFailed
+from twisted_relay.filenames import BadName, check_name
 from twisted_relay.sender import Outgoing, SenderProtocol
 
 
@@ -37,16 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_outgoing(path: str) -> Outgoing:
-    """Open the file before contacting anyone, so a typo fails at once."""
+    """
+    Open the file before contacting anyone, so a typo fails at once, and
+    check its name as the receiver will, so a name it must refuse does not
+    spend a code.
+    """
+    name = os.path.basename(os.path.abspath(path))
+    try:
+        check_name(name)
+    except BadName as e:
+        raise TransferFailed(ExitCode.FILE_REFUSED, f"receivers refuse this file name: {e}; rename the file") from None
     try:
         f = open(path, "rb", buffering=0)  # large readinto calls go straight to the kernel
     except OSError as e:
         raise TransferFailed(ExitCode.INPUT_UNREADABLE, f"cannot read {path}: {e.strerror}") from None
     st = os.fstat(f.fileno())
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):  # the opened file, not whatever the path names now
         f.close()
         raise TransferFailed(ExitCode.INPUT_UNREADABLE, f"{path} is not a regular file")
-    return Outgoing(f, os.path.basename(os.path.abspath(path)), st.st_size)
+    return Outgoing(f, name, st.st_size)
 
 
 def print_code(code: Code) -> None:
