@@ -13,12 +13,12 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from twisted_relay import sender as sender_module
 from twisted_relay.codes import Code, wordlist
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
 from twisted_relay.incoming import IncomingFile
 from twisted_relay.receiver import ReceiverProtocol
-from twisted_relay.sender import FileStreamer, Outgoing, SenderProtocol, SourceChanged
+from twisted_relay.sender import SenderProtocol
+from twisted_relay.sources import BURST, FileSource, FileStreamer, SourceChanged
 from twisted_relay.wire import FrameType, encode_frame, encode_version
 
 from tests.helpers import MemoryNetwork, assert_no_result, failure_result_of, parse_frames, success_result_of
@@ -33,7 +33,7 @@ class Transfer:
         self.folder = str(tmp_path / "out")
         os.makedirs(self.folder, exist_ok=True)
         self.codes: list[Code] = []
-        self.sender = SenderProtocol(self.net.clock, Outgoing(io.BytesIO(data), name, len(data)), self.codes.append)
+        self.sender = SenderProtocol(self.net.clock, FileSource(name, len(data), io.BytesIO(data)), self.codes.append)
         self.sender_pump = self.net.connect(self.sender)
         self.net.flush()
 
@@ -97,7 +97,7 @@ def test_wrong_code_fails_both_and_sends_nothing(tmp_path) -> None:
     assert exit_of(t.receiver.done) is ExitCode.WRONG_CODE
     assert t.files() == []
     assert sent == []
-    assert t.sender.outgoing.file.closed
+    assert t.sender.outgoing._readable.closed
 
 
 def test_wrong_code_never_sends_header(tmp_path) -> None:
@@ -222,7 +222,7 @@ def test_peer_version_mismatch(tmp_path) -> None:
     """A receiver meeting a version-1 sender fails with a clear version message, and so does the sender."""
     net = MemoryNetwork()
     codes: list[Code] = []
-    old = VersionOneSender(net.clock, Outgoing(io.BytesIO(b"x"), "f", 1), codes.append)
+    old = VersionOneSender(net.clock, FileSource("f", 1, io.BytesIO(b"x")), codes.append)
     net.connect(old)
     net.flush()
     receiver = ReceiverProtocol(net.clock, codes[0], str(tmp_path))
@@ -230,7 +230,7 @@ def test_peer_version_mismatch(tmp_path) -> None:
     net.flush()
     failure = failure_result_of(receiver.done, TransferFailed)
     assert failure.value.exit_code is ExitCode.PROTOCOL_ERROR
-    assert "speaks protocol version 1, this side speaks 2" in failure.value.message
+    assert "speaks protocol version 1, this side speaks 3" in failure.value.message
     failure_result_of(old.done, TransferFailed)
     assert os.listdir(tmp_path) == []
 
@@ -238,7 +238,7 @@ def test_peer_version_mismatch(tmp_path) -> None:
 def test_relay_silent_times_out() -> None:
     """A relay that never answers HELLO makes the client give up after the handshake timeout."""
     clock = Clock()
-    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto = SenderProtocol(clock, FileSource("f", 0, io.BytesIO(b"")), lambda code: None)
     proto.makeConnection(StringTransport())
     clock.advance(29)
     assert_no_result(proto.done)
@@ -263,7 +263,7 @@ def test_stalled_sender_times_out_receiver(tmp_path) -> None:
 def test_relay_error_frame_reported() -> None:
     """An ERROR frame from the relay becomes a failure with its message."""
     clock = Clock()
-    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto = SenderProtocol(clock, FileSource("f", 0, io.BytesIO(b"")), lambda code: None)
     proto.makeConnection(StringTransport())
     from twisted_relay.wire import encode_error
 
@@ -345,7 +345,7 @@ def test_streamer_yields_to_reactor() -> None:
     sink = Sink()
     streamer = FileStreamer(io.BytesIO(b"a" * 100_000), 100_000, sink, clock, chunk_size=100)
     streamer.start()
-    assert len(sink.value()) == 100 * sender_module.BURST
+    assert len(sink.value()) == 100 * BURST
     assert len(clock.getDelayedCalls()) == 1
     for _ in range(1000):
         clock.advance(0)
@@ -375,7 +375,7 @@ def test_streamer_stop() -> None:
 
 
 def connected_sender(clock: Clock) -> SenderProtocol:
-    proto = SenderProtocol(clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto = SenderProtocol(clock, FileSource("f", 0, io.BytesIO(b"")), lambda code: None)
     proto.makeConnection(StringTransport())
     proto.transport.clear()
     return proto
@@ -394,7 +394,7 @@ def test_unreadable_file_mid_body_tells_receiver(tmp_path) -> None:
     """A read error mid-file fails the sender, tells the receiver in a sealed record, and stores nothing."""
     size = 4 * 1024 * 1024
     t = Transfer(tmp_path, b"")
-    t.sender.outgoing = Outgoing(FailingFile(b"x" * size), "f", size)
+    t.sender.outgoing = FileSource("f", size, FailingFile(b"x" * size))
     t.receive()
     assert exit_of(t.sender.done) is ExitCode.INPUT_UNREADABLE
     failure = failure_result_of(t.receiver.done, TransferFailed)
@@ -427,7 +427,7 @@ def test_welcome_version_checked() -> None:
     """A relay answering with another version is a protocol error, not ignored."""
     from twisted_relay.wire import encode_version
 
-    proto = SenderProtocol(Clock(), Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto = SenderProtocol(Clock(), FileSource("f", 0, io.BytesIO(b"")), lambda code: None)
     proto.makeConnection(StringTransport())
     proto.dataReceived(encode_frame(FrameType.WELCOME, encode_version(7)))
     proto.connectionLost(None)
@@ -451,7 +451,7 @@ def test_interrupt_waits_for_close() -> None:
 
 def test_interrupt_before_connecting_is_immediate() -> None:
     """Interrupting a client that never connected does not hold up shutdown."""
-    proto = SenderProtocol(Clock(), Outgoing(io.BytesIO(b""), "f", 0), lambda code: None)
+    proto = SenderProtocol(Clock(), FileSource("f", 0, io.BytesIO(b"")), lambda code: None)
     success_result_of(proto.interrupt())
 
 
@@ -472,7 +472,7 @@ def test_waiting_sender_has_a_backstop(tmp_path) -> None:
     from twisted_relay.client import Timeouts
 
     net = MemoryNetwork(wait_timeout=None)  # a relay that never ends the wait
-    sender = SenderProtocol(net.clock, Outgoing(io.BytesIO(b""), "f", 0), lambda code: None, timeouts=Timeouts(wait=50.0))
+    sender = SenderProtocol(net.clock, FileSource("f", 0, io.BytesIO(b"")), lambda code: None, timeouts=Timeouts(wait=50.0))
     net.connect(sender)
     net.flush()
     net.clock.advance(49)

@@ -14,7 +14,8 @@ from twisted_relay.codes import Code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
 from twisted_relay.receiver import ReceiverProtocol
 from twisted_relay.relay import RelayProtocol
-from twisted_relay.sender import Outgoing, SenderProtocol
+from twisted_relay.sender import SenderProtocol
+from twisted_relay.sources import FileSource
 from twisted_relay.splice import Splice
 from twisted_relay.wire import FrameType, encode_error, encode_frame
 
@@ -34,7 +35,7 @@ class Pair:
         self.folder = tmp_path / "out"
         self.folder.mkdir()
         self.codes: list[Code] = []
-        self.sender = SenderProtocol(self.net.clock, Outgoing(io.BytesIO(data), NAME, len(data)), self.codes.append)
+        self.sender = SenderProtocol(self.net.clock, FileSource(NAME, len(data), io.BytesIO(data)), self.codes.append)
         self.net.connect(self.sender)
         self.net.flush()
 

@@ -24,6 +24,7 @@ from twisted_relay.wire import (
     MalformedFrame,
     decode_channel,
     decode_error,
+    Header,
     decode_header,
     decode_version,
     encode_channel,
@@ -347,32 +348,39 @@ def test_channel_rejects_bad_values(value):
 
 @pytest.mark.parametrize(
     "name,size",
-    [("report.pdf", 0), ("résumé ☃.txt", 12345), ("a", 2**40), ("", 1)],
+    [("report.pdf", 0), ("résumé ☃.txt", 12345), ("a", 2**40), ("", 1), ("stdin", None)],
 )
 def test_header_round_trip(name, size):
-    """The file name and size a sender announces read back unchanged (name checks happen elsewhere)."""
-    assert decode_header(encode_header(name, size)) == (name, size)
+    """The file name and size (or unknown size) a sender announces read back unchanged (name checks happen elsewhere)."""
+    assert decode_header(encode_header(name, size)) == Header(name, size, "file", ())
+
+
+def test_tar_header_round_trip():
+    """A folder transfer announces kind tar and its top-level entries."""
+    header = decode_header(encode_header("2 items", 10240, "tar", ["a.txt", "photos"]))
+    assert header == Header("2 items", 10240, "tar", ("a.txt", "photos"))
 
 
 def test_header_reference_encoding():
     """The reference sender writes ASCII-only JSON with non-ASCII names as \\u escapes."""
-    assert encode_header("caf\u00e9.txt", 5) == b'{"name": "caf\\u00e9.txt", "size": 5}'
+    assert encode_header("caf\u00e9.txt", 5) == b'{"kind": "file", "name": "caf\\u00e9.txt", "size": 5}'
 
 
 def test_header_raw_utf8_accepted():
     """A header with the name as raw UTF-8 (not escaped) is accepted too."""
-    assert decode_header('{"name": "café.txt", "size": 5}'.encode("utf-8")) == ("café.txt", 5)
+    value = '{"kind": "file", "name": "café.txt", "size": 5}'.encode("utf-8")
+    assert decode_header(value) == Header("café.txt", 5)
 
 
 def test_header_duplicate_member_last_wins():
     """For a duplicated member in a header, the last one counts."""
-    assert decode_header(b'{"name": "a", "size": 1, "name": "b", "size": 2}') == ("b", 2)
+    assert decode_header(b'{"kind": "file", "name": "a", "size": 1, "name": "b", "size": 2}') == Header("b", 2)
 
 
 def test_header_ignores_unknown_fields():
     """Extra fields in a header are ignored so a later version can add some."""
-    value = json.dumps({"name": "x", "size": 3, "mtime": 5}).encode()
-    assert decode_header(value) == ("x", 3)
+    value = json.dumps({"kind": "file", "name": "x", "size": 3, "mtime": 5}).encode()
+    assert decode_header(value) == Header("x", 3)
 
 
 @pytest.mark.parametrize(
@@ -381,33 +389,39 @@ def test_header_ignores_unknown_fields():
         b"",
         b"not json",
         b"\xff\xfe",
-        b'{"name": "x", "size": 1',
+        b'{"kind": "file", "name": "x", "size": 1',
         b"[]",
         b'"x"',
         b"5",
         b"null",
         b"{}",
-        b'{"size": 1}',
-        b'{"name": "x"}',
-        b'{"name": 5, "size": 1}',
-        b'{"name": null, "size": 1}',
-        b'{"name": ["x"], "size": 1}',
-        b'{"name": "x", "size": "1"}',
-        b'{"name": "x", "size": -1}',
-        b'{"name": "x", "size": 1.5}',
-        b'{"name": "x", "size": 1.0}',
-        b'{"name": "x", "size": 1e3}',
-        b'{"name": "x", "size": -0.0}',
-        b'\xef\xbb\xbf{"name": "x", "size": 1}',
-        b'{"name": "x", "size": null}',
-        b'{"name": "x", "size": NaN}',
-        b'{"name": "x", "size": Infinity}',
-        b'{"name": "x", "size": true}',
-        b'{"name": "x", "size": false}',
+        b'{"name": "x", "size": 1}',
+        b'{"kind": "zip", "name": "x", "size": 1}',
+        b'{"kind": "file", "size": 1}',
+        b'{"kind": "file", "name": "x"}',
+        b'{"kind": "file", "name": 5, "size": 1}',
+        b'{"kind": "file", "name": null, "size": 1}',
+        b'{"kind": "file", "name": ["x"], "size": 1}',
+        b'{"kind": "file", "name": "x", "size": "1"}',
+        b'{"kind": "file", "name": "x", "size": -1}',
+        b'{"kind": "file", "name": "x", "size": 1.5}',
+        b'{"kind": "file", "name": "x", "size": 1.0}',
+        b'{"kind": "file", "name": "x", "size": 1e3}',
+        b'{"kind": "file", "name": "x", "size": -0.0}',
+        b'\xef\xbb\xbf{"kind": "file", "name": "x", "size": 1}',
+        b'{"kind": "file", "name": "x", "size": NaN}',
+        b'{"kind": "file", "name": "x", "size": Infinity}',
+        b'{"kind": "file", "name": "x", "size": true}',
+        b'{"kind": "file", "name": "x", "size": false}',
+        b'{"kind": "file", "name": "x", "size": 1, "entries": ["x"]}',
+        b'{"kind": "tar", "name": "x", "size": 1}',
+        b'{"kind": "tar", "name": "x", "size": 1, "entries": []}',
+        b'{"kind": "tar", "name": "x", "size": 1, "entries": [5]}',
+        b'{"kind": "tar", "name": "x", "size": 1, "entries": "x"}',
     ],
 )
 def test_header_rejects_bad_values(value):
-    """A header must be a JSON object with a string name and an integer size >= 0 (booleans refused)."""
+    """A header must be a JSON object with a known kind, a string name, a size >= 0 or null, and entries only for tar."""
     with pytest.raises(MalformedFrame):
         decode_header(value)
 

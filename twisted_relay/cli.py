@@ -43,8 +43,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def add_timeout_options(parser: argparse.ArgumentParser, waits: bool) -> None:
-    """The timeout options both programs share (and the sender's wait)."""
+#: Where the relay address comes from when not given on the command line.
+RELAY_ENV = "FILERELAY_RELAY"
+
+
+def add_common_options(parser: argparse.ArgumentParser, waits: bool) -> None:
+    """The options both programs share (and the sender's wait)."""
+    parser.add_argument("--relay", metavar="ADDRESS", help=f"the relay's address (default: ${RELAY_ENV})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no messages, only errors")
     defaults = Timeouts()
     parser.add_argument(
         "--stall-timeout",

@@ -10,6 +10,7 @@ code allows.
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from dataclasses import dataclass
 from functools import cache
@@ -78,5 +79,7 @@ def parse_code(text: str) -> Code:
     known = _word_set()
     for word in words:
         if word not in known:
-            raise InvalidCode(f"{word!r} is not one of the code words; check the spelling")
+            close = difflib.get_close_matches(word, wordlist(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; check the spelling"
+            raise InvalidCode(f"{word!r} is not one of the code words{hint}")
     return Code(int(head), words)

@@ -27,13 +27,15 @@ class IncomingFile:
     calls L{write} for each chunk, then exactly one of L{commit} or
     L{discard}.
 
+    C{size} may be C{None} (a pipe): then L{commit} takes the total.
+
     @raise filenames.BadName: from the constructor, for an unsafe name.
     @raise FileExists: from the constructor (early, cheap) or from
         L{commit} (another process got there first).
     @raise OSError: from any step; ENOSPC and EDQUOT mean a full disk.
     """
 
-    def __init__(self, folder: str, name: str, size: int, overwrite: bool = False) -> None:
+    def __init__(self, folder: str, name: str, size: int | None, overwrite: bool = False) -> None:
         self.final_path = os.path.join(folder, check_name(name))
         self.size = size
         self.overwrite = overwrite
@@ -52,14 +54,18 @@ class IncomingFile:
             view = view[self._file.write(view) :]
         self.written += len(data)
 
-    def commit(self) -> None:
-        """Make the file visible under its final name, durably."""
-        if self.written != self.size:
-            raise ValueError(f"got {self.written} bytes, expected {self.size}")
+    def commit(self, total: int | None = None) -> None:
+        """
+        Make the file visible under its final name, durably. C{total} is
+        the sender's final count, for a size not known in advance.
+        """
+        expected = self.size if self.size is not None else total
+        if self.written != expected:
+            raise ValueError(f"got {self.written} bytes, expected {expected}")
         self._file.flush()
         # mkstemp made it private (0600); give it the mode any new file
         # would get from the user's umask.
-        os.fchmod(self._file.fileno(), 0o666 & ~_umask())
+        os.fchmod(self._file.fileno(), 0o666 & ~umask())
         os.fsync(self._file.fileno())
         self._file.close()
         self._open = False
@@ -71,7 +77,7 @@ class IncomingFile:
         except BaseException:
             self._remove_temp()
             raise
-        _fsync_folder(os.path.dirname(self.final_path))
+        fsync_folder(os.path.dirname(self.final_path))
 
     def discard(self) -> None:
         """Throw away what was written. Safe to call after a failed commit."""
@@ -113,7 +119,7 @@ def is_disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it where Linux allows
     (os.umask can only be read by setting it, a race in threaded code)."""
     try:
@@ -128,7 +134,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_folder(path: str) -> None:
+def fsync_folder(path: str) -> None:
     """Make the rename durable. Best effort: the file is already complete
     under its final name, and some file systems cannot fsync a folder, so
     a failure here must not turn a stored file into a reported failure."""

@@ -1,40 +1,108 @@
 """
-C{python -m twisted_relay.receive RELAY CODE OUTDIR}: fetch the file the
-code stands for into OUTDIR. Prints nothing on stdout.
+C{filerelay-receive} (C{python -m twisted_relay.receive}): fetch what the
+code stands for into OUTDIR (default: the current folder), or to standard
+output with C{-}. Prints nothing else on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from typing import Any, NoReturn, Sequence
 
-from twisted_relay.cli import ArgumentParser, add_timeout_options, run_transfer, say, timeouts_from
+from twisted_relay.cli import (
+    RELAY_ENV,
+    ArgumentParser,
+    add_common_options,
+    run_transfer,
+    say,
+    timeouts_from,
+)
 from twisted_relay.client import connect, relay_endpoint
-from twisted_relay.codes import InvalidCode, parse_code
+from twisted_relay.codes import Code, InvalidCode, parse_code
 from twisted_relay.errors import ExitCode, TransferFailed
+from twisted_relay.outputs import STDOUT
+from twisted_relay.progress import progress_bar
 from twisted_relay.receiver import ReceiverProtocol
+
+CODE_ENV = "FILERELAY_CODE"
+
+EXAMPLES = f"""examples:
+  filerelay-receive relay.example.org 7-orbit-tulip          into the current folder
+  filerelay-receive relay.example.org:9021 7-orbit-tulip out/
+  filerelay-receive relay.example.org 7-orbit-tulip - | tar x   to standard output
+  export {RELAY_ENV}=relay.example.org; filerelay-receive 7-orbit-tulip
+  filerelay-receive relay.example.org                         asks for the code
+
+Without a CODE argument the code is read from ${CODE_ENV} or asked for on the
+terminal, so it need not appear in the process list. Codes may be typed in
+any case, with spaces or extra hyphens."""
+
+#: What a code looks like, as opposed to a relay address or a folder: a
+#: number, then a space or hyphen, then a letter.
+_CODE_SHAPE = re.compile(r"^\s*\d+[\s-]+[A-Za-z]")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="filerelay-receive",
-        description="Receive a file through a relay, given the sender's code.",
-        epilog="example: filerelay-receive relay.example.org:9021 7-orbit-tulip out/",
+        description="Receive files through a relay, given the sender's code.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("relay", help="relay address: HOST, HOST:PORT or [IPv6]:PORT (port 9021 by default)")
-    parser.add_argument("code", help="the code the sender printed, e.g. 7-orbit-tulip")
-    parser.add_argument("outdir", help="folder to write the file into (created if missing)")
     parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing file of the same name (default: refuse)",
+        "positionals",
+        nargs="*",
+        metavar="[RELAY] [CODE] [OUTDIR]",
+        help=f"the relay (optional when --relay or ${RELAY_ENV} is set), the code, and the folder "
+        "to write into (default: the current folder; created if missing; - for standard output)",
     )
-    add_timeout_options(parser, waits=False)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files or folders of the same names")
+    add_common_options(parser, waits=False)
     return parser
 
 
+def split_arguments(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """Relay, code (None: to be asked for) and output folder."""
+    known = args.relay or os.environ.get(RELAY_ENV) or None
+    pos = list(args.positionals)
+    if len(pos) > 3:
+        raise TransferFailed(ExitCode.USAGE, "too many arguments: [RELAY] [CODE] [OUTDIR]")
+    at = next((i for i, p in enumerate(pos) if _CODE_SHAPE.match(p)), None)
+    if at is not None:
+        before, code, after = pos[:at], pos[at], pos[at + 1 :]
+    elif len(pos) == 2 or (len(pos) == 1 and known is None):
+        before, code, after = pos[:1], None, pos[1:]
+    else:
+        before, code, after = [], None, pos
+    if len(before) > 1 or len(after) > 1:
+        raise TransferFailed(ExitCode.USAGE, "arguments are [RELAY] [CODE] [OUTDIR]")
+    relay = before[0] if before else known
+    if relay is None:
+        raise TransferFailed(ExitCode.USAGE, f"give the relay address (or set {RELAY_ENV})")
+    return relay, code, after[0] if after else "."
+
+
+def ask_for_code() -> str:
+    """The code from the environment, or typed at the terminal."""
+    code = os.environ.get(CODE_ENV)
+    if code:
+        return code
+    if not sys.stdin.isatty():
+        raise TransferFailed(ExitCode.USAGE, f"no code: give it as an argument, set {CODE_ENV}, or run in a terminal")
+    sys.stderr.write("Code (for example 7-orbit-tulip): ")
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise TransferFailed(ExitCode.USAGE, "no code given")
+    return line
+
+
 def prepare_folder(path: str) -> str:
+    if path == STDOUT:
+        return path
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -45,18 +113,31 @@ def prepare_folder(path: str) -> str:
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
+    relay, code_text, outdir = split_arguments(args)
     try:
-        code = parse_code(args.code)
-        endpoint = relay_endpoint(reactor, args.relay)
+        endpoint = relay_endpoint(reactor, relay)
+        code: Code = parse_code(code_text if code_text is not None else ask_for_code())
     except (InvalidCode, ValueError) as e:
         raise TransferFailed(ExitCode.USAGE, str(e)) from None
-    folder = prepare_folder(args.outdir)
+    folder = prepare_folder(outdir)
+    talk = (lambda text: None) if args.quiet else say
+    bar = progress_bar("receiving", args.quiet)
     proto = ReceiverProtocol(
-        reactor, code, folder, overwrite=args.overwrite, on_event=say, timeouts=timeouts_from(args)
+        reactor,
+        code,
+        folder,
+        overwrite=args.overwrite,
+        on_event=talk,
+        on_progress=bar or (lambda done, total: None),
+        timeouts=timeouts_from(args),
     )
     reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
-    await connect(endpoint, proto)
-    say(f"saved {proto.saved_path}")
+    try:
+        await connect(endpoint, proto)
+    finally:
+        if bar is not None:
+            bar.close()
+    talk(f"saved {proto.saved_path}")
 
 
 def run(argv: Sequence[str] | None = None) -> NoReturn:

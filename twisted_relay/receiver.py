@@ -9,6 +9,7 @@ No argv and no printing here; the CLI passes callbacks for messages.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,7 +18,9 @@ from twisted_relay.client import ClientProtocol, Timeouts
 from twisted_relay.codes import Code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed, default_message
 from twisted_relay.filenames import BadName
-from twisted_relay.incoming import FileExists, IncomingFile, is_disk_full
+from twisted_relay.incoming import FileExists, is_disk_full
+from twisted_relay.outputs import Output, open_output
+from twisted_relay.untar import BadArchive
 from twisted_relay.pake import RECEIVER
 from twisted_relay.records import Corrupted, decode_end
 from twisted_relay.wire import FrameType, decode_header, encode_channel
@@ -38,14 +41,14 @@ class ReceiverProtocol(ClientProtocol):
         folder: str,
         overwrite: bool = False,
         on_event: Callable[[str], None] = lambda text: None,
-        on_progress: Callable[[int, int], None] = lambda done, total: None,
+        on_progress: Callable[[int, int | None], None] = lambda done, total: None,
         timeouts: Timeouts = Timeouts(),
     ) -> None:
         super().__init__(clock, timeouts)
         self.code = code
         self.folder = folder
         self.overwrite = overwrite
-        self.incoming: IncomingFile | None = None
+        self.incoming: Output | None = None
         self.saved_path: str | None = None
         self._on_event = on_event
         self._on_progress = on_progress
@@ -71,33 +74,39 @@ class ReceiverProtocol(ClientProtocol):
         self.expect({FrameType.SEALED_HEADER: self._on_header})
 
     def _on_header(self, value: bytes) -> None:
-        name, size = decode_header(value)
+        header = decode_header(value)
+        what = "folder" if header.kind == "tar" else "file"
         try:
-            self.incoming = IncomingFile(self.folder, name, size, self.overwrite)
+            self.incoming = open_output(header, self.folder, self.overwrite)
         except BadName as e:
             # The reason is about the name alone, so the sender may hear it.
-            self._refuse(ErrorCode.BAD_NAME, f"refused the file name {name!r}: {e}", f"the receiver refused the file name: {e}")
+            self._refuse(ErrorCode.BAD_NAME, f"refused the {what} name {header.name!r}: {e}", f"the receiver refused the name: {e}")
             return
         except FileExists as e:
             self._refuse(
                 ErrorCode.FILE_EXISTS,
                 f"{e} already exists; not overwritten (use --overwrite to replace it)",
-                f"the receiver already has a file named {name!r} and did not overwrite it",
+                f"the receiver already has {'a file' if header.kind == 'file' else 'something'} named "
+                f"{os.path.basename(str(e))!r} and did not overwrite it",
             )
             return
         except OSError as e:
             self._write_failed(e)
             return
-        self._on_event(f"receiving {name!r} ({size} bytes)")
+        size = "size unknown" if header.size is None else f"{header.size} bytes"
+        self._on_event(f"receiving {what} {header.name!r} ({size})")
         self.send_sealed(FrameType.SEALED_ACCEPT, b"")
         self.expect({FrameType.SEALED_DATA: self._on_data, FrameType.SEALED_END: self._on_end})
 
-    def _on_data(self, value: bytes) -> None:
+    def _on_data(self, value: memoryview) -> None:
         assert self.incoming is not None
-        if self.incoming.written + len(value) > self.incoming.size:
+        if self.incoming.size is not None and self.incoming.written + len(value) > self.incoming.size:
             raise Corrupted("the sender sent more than it announced")
         try:
             self.incoming.write(value)
+        except BadArchive as e:
+            self._refuse(ErrorCode.BAD_NAME, f"refused the folder: {e}", f"the receiver refused the folder: {e}")
+            return
         except OSError as e:
             self._write_failed(e)
             return
@@ -106,15 +115,18 @@ class ReceiverProtocol(ClientProtocol):
     def _on_end(self, value: bytes) -> None:
         assert self.incoming is not None
         total = decode_end(value)
-        if total != self.incoming.size or self.incoming.written != total:
+        if self.incoming.written != total or self.incoming.size not in (None, total):
             raise Corrupted(f"the stream ended after {self.incoming.written} of {self.incoming.size} bytes")
         try:
-            self.incoming.commit()
+            self.incoming.commit(total)
+        except BadArchive as e:
+            self._refuse(ErrorCode.BAD_NAME, f"refused the folder: {e}", f"the receiver refused the folder: {e}")
+            return
         except FileExists as e:
             self._refuse(
                 ErrorCode.FILE_EXISTS,
                 f"{e} appeared while receiving; not overwritten",
-                "the receiver already has a file of that name and did not overwrite it",
+                "the receiver already has something of that name and did not overwrite it",
             )
             return
         except OSError as e:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_relay.client import ClientProtocol, Timeouts
@@ -22,119 +22,10 @@ from twisted_relay.codes import DEFAULT_WORD_COUNT, Code, make_code
 from twisted_relay.errors import ErrorCode, ExitCode, TransferFailed
 from twisted_relay.pake import SENDER
 from twisted_relay.records import MAX_RECORD, encode_end
+from twisted_relay.sources import CHUNK_SIZE, Outgoing, SourceChanged
 from twisted_relay.wire import FrameType, decode_channel, encode_header
 
-#: Bytes read from the file per record: large, to keep per-record overhead
-#: (a frame header, a GCM tag, a few Python calls) negligible.
-CHUNK_SIZE = 256 * 1024
 assert CHUNK_SIZE <= MAX_RECORD
-
-#: Chunks written per turn of the reactor if the consumer never pauses us.
-BURST = 16
-
-
-@dataclass
-class Outgoing:
-    """An opened file and what the receiver is told about it."""
-
-    file: IO[bytes]
-    name: str
-    size: int
-
-
-class SourceChanged(Exception):
-    """The file ended before its announced size: it shrank while sending."""
-
-
-@implementer(IPushProducer)
-class FileStreamer:
-    """
-    Writes exactly C{size} bytes of a file to a consumer, as fast as the
-    consumer allows and no faster: a TCP transport pauses us as soon as its
-    buffer holds more than C{bufferSize}, so at most one chunk beyond that
-    is ever in memory.
-
-    Chunks are read into one reused buffer and handed to the consumer as
-    memoryviews valid only during C{write}: the consumer must use or copy
-    them at once (L{SealedData} seals them straight away).
-
-    C{start()} returns a Deferred that fires once every byte has been
-    written, or fails with L{SourceChanged} or the read's C{OSError}.
-    """
-
-    def __init__(
-        self,
-        file: IO[bytes],
-        size: int,
-        consumer: IConsumer,
-        clock: IReactorTime,
-        chunk_size: int = CHUNK_SIZE,
-        on_chunk: Callable[[int], None] = lambda n: None,
-    ) -> None:
-        self._file = file
-        self._remaining = size
-        self._consumer = consumer
-        self._clock = clock
-        self._chunk_size = chunk_size
-        self._on_chunk = on_chunk
-        self._paused = True
-        self._finished = False
-        self._scheduled = None
-        self._done: Deferred[None] = Deferred()
-        self._buffer = memoryview(bytearray(min(chunk_size, size) or 1))
-
-    def start(self) -> Deferred[None]:
-        self._consumer.registerProducer(self, True)
-        self.resumeProducing()
-        return self._done
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        if self._finished:
-            return
-        self._paused = False
-        self._produce()
-
-    def stopProducing(self) -> None:
-        """The consumer has gone; the connection's own end reports why."""
-        self._finish()
-
-    def _produce(self) -> None:
-        self._scheduled = None
-        for _ in range(BURST):
-            if self._paused or self._finished:
-                return
-            if self._remaining == 0:
-                self._finish()
-                self._done.callback(None)
-                return
-            try:
-                n = self._file.readinto(self._buffer[: min(self._chunk_size, self._remaining)])
-            except OSError as e:
-                self._finish()
-                self._done.errback(e)
-                return
-            if not n:
-                self._finish()
-                self._done.errback(SourceChanged())
-                return
-            self._remaining -= n
-            self._consumer.write(self._buffer[:n])
-            self._on_chunk(n)
-        if not self._paused and not self._finished and self._scheduled is None:
-            # The consumer keeps taking bytes without pausing us; yield to
-            # the reactor between bursts instead of starving it.
-            self._scheduled = self._clock.callLater(0, self._produce)
-
-    def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._consumer.unregisterProducer()
 
 
 @implementer(IConsumer)
@@ -173,7 +64,7 @@ class SenderProtocol(ClientProtocol):
         on_code: Callable[[Code], None],
         word_count: int = DEFAULT_WORD_COUNT,
         on_event: Callable[[str], None] = lambda text: None,
-        on_progress: Callable[[int, int], None] = lambda done, total: None,
+        on_progress: Callable[[int, int | None], None] = lambda done, total: None,
         timeouts: Timeouts = Timeouts(),
     ) -> None:
         super().__init__(clock, timeouts)
@@ -184,7 +75,6 @@ class SenderProtocol(ClientProtocol):
         self._on_event = on_event
         self._on_progress = on_progress
         self._sent = 0
-        self._streamer: FileStreamer | None = None
         self._body_done = False
 
     def greeted(self) -> None:
@@ -212,35 +102,31 @@ class SenderProtocol(ClientProtocol):
         )
 
     def secured(self) -> None:
-        self.send_sealed(FrameType.SEALED_HEADER, encode_header(self.outgoing.name, self.outgoing.size))
+        out = self.outgoing
+        self.send_sealed(FrameType.SEALED_HEADER, encode_header(out.name, out.size, out.kind, out.entries))
         self.expect({FrameType.SEALED_ACCEPT: self._on_accept})
 
     def _on_accept(self, value: bytes) -> None:
         self._on_event("sending")
         self.expect({})
-        self._streamer = FileStreamer(
-            self.outgoing.file,
-            self.outgoing.size,
-            SealedData(self),
-            self.clock,
-            on_chunk=self._chunk_sent,
+        self.outgoing.start(SealedData(self), self.clock, self._chunk_sent).addCallbacks(
+            self._body_sent, self._body_failed
         )
-        self._streamer.start().addCallbacks(self._body_sent, self._body_failed)
 
     def _chunk_sent(self, n: int) -> None:
         self._sent += n
         self.progressed()
         self._on_progress(self._sent, self.outgoing.size)
 
-    def _body_sent(self, _: None) -> None:
+    def _body_sent(self, total: int) -> None:
         self._body_done = True
-        self.send_sealed(FrameType.SEALED_END, encode_end(self.outgoing.size))
+        self.send_sealed(FrameType.SEALED_END, encode_end(total))
         self._on_event("all bytes sent; waiting for the receiver to store the file")
         self.expect({FrameType.SEALED_ACK: self._on_ack})
 
-    def _body_failed(self, failure) -> None:  # type: ignore[no-untyped-def]
+    def _body_failed(self, failure: Failure) -> None:
         if failure.check(SourceChanged):
-            why = "the file got shorter while it was being sent"
+            why = "a file got shorter while it was being sent"
         elif failure.check(OSError):
             why = f"cannot read the file: {failure.value.strerror or failure.value}"
         else:
@@ -265,8 +151,6 @@ class SenderProtocol(ClientProtocol):
         return TransferFailed(ExitCode.PEER_GONE, "the receiver went away before the file was stored")
 
     def cleanup(self) -> None:
-        if self._streamer is not None:
-            # Unregisters it, so the transport can close without asking a
-            # closed file for more.
-            self._streamer.stopProducing()
-        self.outgoing.file.close()
+        # Stopping unregisters the streamer, so the transport can close
+        # without asking a closed file for more.
+        self.outgoing.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from enum import IntEnum
 
 from twisted.internet.interfaces import IPushProducer
@@ -30,7 +31,12 @@ RELAY_PROTOCOL_VERSION = 1
 
 #: Version of the sender <-> receiver conversation, sent in PEER_HELLO.
 #: 1: words proved by HMAC, file in clear. 2: SPAKE2 and sealed records.
-PEER_PROTOCOL_VERSION = 2
+#: 3: the header says what kind of thing comes (a file, or a tar stream of
+#: folders and files) and may leave the size unknown (a pipe).
+PEER_PROTOCOL_VERSION = 3
+
+#: What a header may announce.
+KINDS = ("file", "tar")
 
 #: Largest length prefix accepted (type byte plus value). Anything larger is
 #: refused as soon as the 4 prefix bytes are in, before any payload is read.
@@ -127,23 +133,43 @@ def decode_channel(value: bytes) -> int:
     return int(value)
 
 
-def encode_header(name: str, size: int) -> bytes:
-    return json.dumps({"name": name, "size": size}).encode("utf-8")
+def encode_header(name: str, size: int | None, kind: str = "file", entries: list[str] | None = None) -> bytes:
+    header: dict[str, object] = {"kind": kind, "name": name, "size": size}
+    if kind == "tar":
+        header["entries"] = list(entries or [])
+    return json.dumps(header).encode("utf-8")
 
 
-def decode_header(value: bytes) -> tuple[str, int]:
-    """The file name and size a sender announces. The name is not yet safe to
-    use as a path: see L{twisted_relay.filenames.check_name}."""
+@dataclass(frozen=True)
+class Header:
+    """What a sender announces. Names are not yet safe to use as paths:
+    see L{twisted_relay.filenames.check_name}."""
+
+    name: str
+    size: int | None
+    kind: str = "file"
+    entries: tuple[str, ...] = ()
+
+
+def decode_header(value: bytes) -> Header:
     try:
         obj = json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise MalformedFrame(f"header is not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise MalformedFrame("header is not an object")
-    name, size = obj.get("name"), obj.get("size")
-    if not isinstance(name, str) or type(size) is not int or size < 0:
-        raise MalformedFrame("header needs a string name and a size >= 0")
-    return name, size
+    name, size, kind = obj.get("name"), obj.get("size"), obj.get("kind")
+    if kind not in KINDS:
+        raise MalformedFrame(f"header kind must be one of {KINDS}")
+    if not isinstance(name, str) or "size" not in obj or not (size is None or (type(size) is int and size >= 0)):
+        raise MalformedFrame("header needs a string name and a size >= 0 or null")
+    entries = obj.get("entries", [])
+    if kind == "tar":
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+            raise MalformedFrame("a tar header needs a non-empty list of entry names")
+    elif "entries" in obj:
+        raise MalformedFrame("only a tar header lists entries")
+    return Header(name, size, kind, tuple(entries))
 
 
 @implementer(IPushProducer)
