@@ -121,6 +121,7 @@ class SenderProtocol(ClientProtocol):
     def _body_sent(self, total: int) -> None:
         self._body_done = True
         self.send_sealed(FrameType.SEALED_END, encode_end(total))
+        self.watch(self.timeouts.stall, "the receiver did not confirm in time; the file may or may not have been stored")
         self._on_event("all bytes sent; waiting for the receiver to store the file")
         self.expect({FrameType.SEALED_ACK: self._on_ack})
 
@@ -128,9 +129,9 @@ class SenderProtocol(ClientProtocol):
         if failure.check(SourceChanged):
             why = "a file got shorter while it was being sent"
         elif failure.check(OSError):
-            why = f"cannot read the file: {failure.value.strerror or failure.value}"
+            why = f"cannot read the input: {failure.value.strerror or failure.value}"
         else:
-            return  # stopProducing: the connection's end says why
+            why = f"cannot read the input: {failure.getErrorMessage()}"
         self.finish(
             TransferFailed(ExitCode.INPUT_UNREADABLE, why),
             tell_peer=ErrorCode.PEER_GONE,
@@ -141,7 +142,7 @@ class SenderProtocol(ClientProtocol):
         self.finish(None)
 
     def lost_before_end(self) -> TransferFailed:
-        if self.code is None:
+        if not self.paired:
             return TransferFailed(ExitCode.PEER_GONE, "the relay closed the connection")
         if self._body_done:
             return TransferFailed(

@@ -15,6 +15,7 @@ import stat
 from typing import Callable, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFDSet, IReactorTime, IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -302,8 +303,14 @@ class PipeStreamer:
         self._on_chunk(len(data))
 
     def connectionLost(self, reason: Failure) -> None:
-        if not self._finished:
-            self._finish()
+        # The reactor reports a pipe's hang-up here rather than as an empty
+        # read: the writer closed its end, which is our end of input.
+        if self._finished:
+            return
+        self._finish()
+        if reason.check(ConnectionDone):
+            self._done.callback(self._count)
+        else:
             self._done.errback(reason)
 
     # IPushProducer
