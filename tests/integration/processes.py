@@ -158,12 +158,15 @@ class Relay:
         assert self.proc.running(), f"the relay died\n{self.proc.describe()}"
 
 
-def start_relay(launcher: Launcher) -> Relay:
+def start_relay(launcher: Launcher, extra_args: Sequence[str] = ()) -> Relay:
     """Start the relay on a kernel-chosen loopback port and learn the port
-    from Twisted's "RelayFactory starting on N" log line."""
+    from Twisted's "RelayFactory starting on N" log line.
+
+    @param extra_args: more C{twistd filerelay} options, such as
+        C{("--idle-timeout", "3")}."""
     proc = launcher.start(
         "relay",
-        [*TWISTD, "-n", "--pidfile=", "filerelay", "--port", "tcp:0:interface=127.0.0.1"],
+        [*TWISTD, "-n", "--pidfile=", "filerelay", "--port", "tcp:0:interface=127.0.0.1", *extra_args],
     )
 
     def listening() -> int | None:
