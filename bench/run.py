@@ -3,10 +3,13 @@ One entry point for the benchmarks (not tests: nothing here runs in CI).
 
     python bench/run.py memory [options]       # relay RSS under stalled receivers
     python bench/run.py throughput [options]   # one big file: ours vs a socat forwarder
-    python bench/run.py all [--tree DIR]       # both, with their defaults
+    python bench/run.py load [options]         # many concurrent transfers through one relay
+    python bench/run.py hardening [options]    # handshake timeout and SIGTERM drain
+    python bench/run.py all [--tree DIR]       # all four, with their defaults
 
 ``python bench/run.py SUBCOMMAND --help`` lists each one's options; the same
-options work on ``python bench/memory.py`` and ``python bench/throughput.py``.
+options work on ``python bench/memory.py``, ``python bench/throughput.py``,
+``python bench/load.py`` and ``python bench/hardening.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import hardening  # noqa: E402
+import load  # noqa: E402
 import memory  # noqa: E402
 import throughput  # noqa: E402
 from _common import BenchError, say  # noqa: E402
@@ -28,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="bench", required=True)
     memory.build_parser(sub.add_parser("memory", help="relay RSS growth per transfer under stalled receivers"))
     throughput.build_parser(sub.add_parser("throughput", help="one big file through our relay and through socat"))
-    both = sub.add_parser("all", help="memory, then throughput, each with its defaults")
+    load.build_parser(sub.add_parser("load", help="many concurrent transfers through one relay"))
+    hardening.build_parser(sub.add_parser("hardening", help="silent connections vs the handshake timeout; SIGTERM drain"))
+    both = sub.add_parser("all", help="memory, throughput, load, then hardening, each with its defaults")
     both.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
     both.add_argument("--keep", action="store_true", help="keep the scratch folders")
     return parser
@@ -41,9 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return memory.run(args)
         if args.bench == "throughput":
             return throughput.run(args)
+        if args.bench == "load":
+            return load.run(args)
+        if args.bench == "hardening":
+            return hardening.run(args)
         common = (["--tree", args.tree] if args.tree else []) + (["--keep"] if args.keep else [])
         status = 0
-        for bench in (memory, throughput):
+        for bench in (memory, throughput, load, hardening):
             try:
                 status = bench.run(bench.build_parser().parse_args(common)) or status
             except BenchError as e:
