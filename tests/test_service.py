@@ -18,6 +18,7 @@ from twisted_relay.service import (
     makeService,
     normalize_metrics_port,
     normalize_port,
+    with_backlog,
 )
 from twisted_relay.wire import decode_error
 
@@ -38,6 +39,20 @@ from tests.test_relay import Relay, lose
 def test_normalize_port(given: str, expected: str) -> None:
     """A bare port number becomes a TCP endpoint; endpoint strings pass through."""
     assert normalize_port(given) == expected
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("tcp:9021", "tcp:9021:backlog=1024"),
+        ("tcp6:9021:interface=\\:\\:1", "tcp6:9021:interface=\\:\\:1:backlog=1024"),
+        ("tcp:9021:backlog=64", "tcp:9021:backlog=64"),
+        ("unix:/run/relay.sock", "unix:/run/relay.sock"),
+    ],
+)
+def test_tcp_ports_get_a_larger_listen_backlog(given: str, expected: str) -> None:
+    """TCP ports listen with a backlog of 1024 unless the operator set one (Twisted's 50 overflows under bursts)."""
+    assert with_backlog(given) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "70000", ":"])
