@@ -658,3 +658,14 @@ def test_failed_codes_unlimited_when_off() -> None:
     relay = Relay(max_failed_codes=None)
     _fail_claims(relay, 50)
     assert len(relay.factory.failed_claims) == 0
+
+
+def test_bytes_after_a_leg_is_lost_are_neither_forwarded_nor_counted() -> None:
+    """Once one leg has gone, what the survivor still sends is dropped, and the byte counters (logs, metrics) stay true."""
+    relay = Relay()
+    sender, receiver = relay.pair()
+    sender.dataReceived(b"12345")
+    lose(receiver)
+    sender.dataReceived(b"dropped")
+    assert sender.splice.bytes_up == 5
+    assert receiver.transport.value() == b"12345"

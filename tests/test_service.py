@@ -336,3 +336,22 @@ def test_orderly_drain_clears_the_signal_twistd_would_reraise() -> None:
     lose(receiver)
     success_result_of(d)
     assert relay.clock._exitSignal is None
+
+
+def test_second_signal_while_draining_cuts_at_once(monkeypatch) -> None:
+    """A second SIGTERM or SIGINT during the drain cuts the remaining transfers instead of waiting."""
+    import signal as signal_module
+
+    installed: dict[int, object] = {}
+    monkeypatch.setattr(signal_module, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+    relay = Relay()
+    relay.clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+    sender, receiver = relay.pair()
+    d = _drainer(relay).stopService()
+    assert set(installed) == {signal_module.SIGINT, signal_module.SIGTERM}
+    assert not sender.transport.aborted
+    installed[signal_module.SIGTERM](signal_module.SIGTERM, None)  # type: ignore[operator]
+    assert sender.transport.aborted and receiver.transport.aborted
+    lose(sender)
+    lose(receiver)
+    success_result_of(d)

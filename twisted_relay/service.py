@@ -9,6 +9,8 @@ L{DEFAULT_PORT}); the relay's own classes default to "off".
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application import strports
@@ -235,7 +237,25 @@ class DrainingService(Service):
         cutoff = self.clock.callLater(self.drain_timeout, self._cut)
         idle.addBoth(lambda result: cutoff.cancel() if cutoff.active() else None)
         idle.addCallback(lambda result: self._clear_exit_signal())
+        self._cut_on_second_signal()
         return idle
+
+    def _cut_on_second_signal(self) -> None:
+        """
+        While draining, SIGINT or SIGTERM again means "stop now": cut what
+        is left instead of waiting out the drain. (The reactor's own handler
+        would only try to stop a reactor already stopping, and log an error.)
+        """
+        call_from_thread = getattr(self.clock, "callFromThread", None)
+        if call_from_thread is None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def again(signum: int, frame: object) -> None:
+            self._log.info("signal {signum} while draining: cutting now", signum=signum)
+            call_from_thread(self._cut)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, again)
 
     def _clear_exit_signal(self) -> None:
         # twistd re-raises the stopping signal if the reactor recorded one
@@ -245,7 +265,7 @@ class DrainingService(Service):
             self.clock._exitSignal = None  # type: ignore[attr-defined]
 
     def _cut(self) -> None:
-        self._log.info("drain timeout: cutting {n} connections", n=len(self.factory.connections))
+        self._log.info("drain over: cutting {n} connections still open", n=len(self.factory.connections))
         for splice in list(self.factory.splices):
             splice.abort(SHUTDOWN)
         for proto in list(self.factory.connections):

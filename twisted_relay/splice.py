@@ -98,6 +98,8 @@ class Splice:
 
     def carry(self, leg: Leg, data: bytes) -> None:
         """Forward C{data} that arrived on C{leg} to the other leg."""
+        if self._lost:
+            return  # the other leg is gone: nothing is forwarded or counted
         if leg is self.sender:
             self.bytes_up += len(data)
             self.receiver.transport.write(data)
