@@ -15,8 +15,11 @@ from typing import Any, Callable, Coroutine, NoReturn, Sequence
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import react
 
-from twisted_relay.client import Timeouts
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from twisted_relay.client import ClientProtocol, Timeouts, connect
 from twisted_relay.errors import ExitCode, TransferFailed
+from twisted_relay.progress import progress_bar
 
 
 def say(text: str) -> None:
@@ -78,6 +81,30 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
         stall=stall,
         wait=getattr(args, "wait_timeout", defaults.wait),
     )
+
+
+class Reporting:
+    """What the user sees while a transfer runs: messages unless --quiet,
+    and a progress bar when stderr is a terminal."""
+
+    def __init__(self, quiet: bool, label: str) -> None:
+        self.talk: Callable[[str], None] = (lambda text: None) if quiet else say
+        self.bar = progress_bar(label, quiet)
+        self.progress: Callable[[int, int | None], None] = self.bar or (lambda done, total: None)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def transfer(reactor: Any, endpoint: IStreamClientEndpoint, proto: ClientProtocol, reporting: Reporting) -> None:
+    """Run C{proto} over C{endpoint}; a signal stopping the reactor first
+    interrupts it, so the peer is told and local files are cleaned up."""
+    reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
+    try:
+        await connect(endpoint, proto)
+    finally:
+        reporting.close()
 
 
 def keep_freed_memory() -> None:

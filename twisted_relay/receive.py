@@ -15,16 +15,16 @@ from typing import Any, NoReturn, Sequence
 from twisted_relay.cli import (
     RELAY_ENV,
     ArgumentParser,
+    Reporting,
     add_common_options,
     run_transfer,
-    say,
     timeouts_from,
+    transfer,
 )
-from twisted_relay.client import connect, relay_endpoint
+from twisted_relay.client import relay_endpoint
 from twisted_relay.codes import Code, InvalidCode, parse_code
 from twisted_relay.errors import ExitCode, TransferFailed
 from twisted_relay.outputs import STDOUT
-from twisted_relay.progress import progress_bar
 from twisted_relay.receiver import ReceiverProtocol
 
 CODE_ENV = "FILERELAY_CODE"
@@ -120,24 +120,18 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     except (InvalidCode, ValueError) as e:
         raise TransferFailed(ExitCode.USAGE, str(e)) from None
     folder = prepare_folder(outdir)
-    talk = (lambda text: None) if args.quiet else say
-    bar = progress_bar("receiving", args.quiet)
+    reporting = Reporting(args.quiet, "receiving")
     proto = ReceiverProtocol(
         reactor,
         code,
         folder,
         overwrite=args.overwrite,
-        on_event=talk,
-        on_progress=bar or (lambda done, total: None),
+        on_event=reporting.talk,
+        on_progress=reporting.progress,
         timeouts=timeouts_from(args),
     )
-    reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
-    try:
-        await connect(endpoint, proto)
-    finally:
-        if bar is not None:
-            bar.close()
-    talk(f"saved {proto.saved_path}")
+    await transfer(reactor, endpoint, proto, reporting)
+    reporting.talk(f"saved {proto.saved_path}")
 
 
 def run(argv: Sequence[str] | None = None) -> NoReturn:

@@ -15,16 +15,17 @@ from typing import Any, NoReturn, Sequence
 from twisted_relay.cli import (
     RELAY_ENV,
     ArgumentParser,
+    Reporting,
     add_common_options,
     run_transfer,
     say,
     timeouts_from,
+    transfer,
 )
-from twisted_relay.client import connect, parse_relay_address, relay_endpoint
+from twisted_relay.client import parse_relay_address, relay_endpoint
 from twisted_relay.codes import DEFAULT_WORD_COUNT, Code
 from twisted_relay.errors import ExitCode, TransferFailed
 from twisted_relay.filenames import BadName
-from twisted_relay.progress import progress_bar
 from twisted_relay.sender import SenderProtocol
 from twisted_relay.sources import FileSource, Outgoing, PipeSource, TreeSource
 
@@ -128,8 +129,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     except ValueError as e:
         raise TransferFailed(ExitCode.USAGE, str(e)) from None
     outgoing = open_source(items, args.name, reactor)
-    talk = (lambda text: None) if args.quiet else say
-    bar = progress_bar("sending", args.quiet)
+    reporting = Reporting(args.quiet, "sending")
 
     def announce(code: Code) -> None:
         # stdout carries the code and nothing else; flush so scripts see it now.
@@ -143,18 +143,15 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         outgoing,
         announce,
         word_count=args.code_words,
-        on_event=talk,
-        on_progress=bar or (lambda done, total: None),
+        on_event=reporting.talk,
+        on_progress=reporting.progress,
         timeouts=timeouts_from(args),
     )
-    reactor.addSystemEventTrigger("before", "shutdown", proto.interrupt)
     try:
-        await connect(endpoint, proto)
+        await transfer(reactor, endpoint, proto, reporting)
     finally:
         outgoing.close()
-        if bar is not None:
-            bar.close()
-    talk("delivered")
+    reporting.talk("delivered")
 
 
 def run(argv: Sequence[str] | None = None) -> NoReturn:

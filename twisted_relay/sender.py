@@ -10,8 +10,7 @@ decides where it goes and tests can capture it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import IO, Callable
+from typing import Callable
 
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
