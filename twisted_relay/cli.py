@@ -88,9 +88,13 @@ class Reporting:
     and a progress bar when stderr is a terminal."""
 
     def __init__(self, quiet: bool, label: str) -> None:
-        self.talk: Callable[[str], None] = (lambda text: None) if quiet else say
         self.bar = progress_bar(label, quiet)
         self.progress: Callable[[int, int | None], None] = self.bar or (lambda done, total: None)
+        self.talk: Callable[[str], None]
+        if quiet:
+            self.talk = lambda text: None
+        else:
+            self.talk = self.bar.say if self.bar is not None else say
 
     def close(self) -> None:
         if self.bar is not None:

@@ -32,13 +32,20 @@ class ProgressBar:
                 desc=self._label,
                 unit="B",
                 unit_scale=True,
-                unit_divisor=1024,
+                unit_divisor=1000,  # so "MB" means 10**6 bytes, as everywhere else
                 file=self._stream,
                 dynamic_ncols=True,
                 mininterval=0.2,
                 leave=True,
             )
         self._bar.update(done - self._bar.n)
+
+    def say(self, text: str) -> None:
+        """A message that must not break the bar: printed above it."""
+        if self._bar is None:
+            print(text, file=self._stream, flush=True)
+        else:
+            tqdm.write(text, file=self._stream)
 
     def close(self) -> None:
         if self._bar is not None:
