@@ -162,16 +162,24 @@ class Harness:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
-    def spawn(self, argv: Sequence[str], log_name: str, stdout_pipe: bool = False) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        log_name: str,
+        stdout_pipe: bool = False,
+        stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start a child in its own session (a terminal's Ctrl-C reaches only
-        us; we then stop it), stdin closed, stderr (and stdout unless piped)
+        us; we then stop it), stdin closed (or C{stdin}, e.g. another child's
+        stdout pipe), stderr (and stdout unless piped or given as C{stdout})
         to ``<scratch>/<log_name>.log``."""
         log = open(self.path(f"{log_name}.log"), "wb")
         self._logs.append(log)
         proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout_pipe else log,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=subprocess.PIPE if stdout_pipe else (log if stdout is None else stdout),
             stderr=log,
             cwd=self.dir,
             env=child_env(self.path("pycache")),

@@ -5,11 +5,13 @@ One entry point for the benchmarks (not tests: nothing here runs in CI).
     python bench/run.py throughput [options]   # one big file: ours vs a socat forwarder
     python bench/run.py load [options]         # many concurrent transfers through one relay
     python bench/run.py hardening [options]    # handshake timeout and SIGTERM drain
-    python bench/run.py all [--tree DIR]       # all four, with their defaults
+    python bench/run.py everyday [options]     # a folder of small files, a big file, a pipe: CLI to CLI
+    python bench/run.py all [--tree DIR]       # all five, with their defaults
 
 ``python bench/run.py SUBCOMMAND --help`` lists each one's options; the same
 options work on ``python bench/memory.py``, ``python bench/throughput.py``,
-``python bench/load.py`` and ``python bench/hardening.py``.
+``python bench/load.py``, ``python bench/hardening.py`` and
+``python bench/everyday.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import everyday  # noqa: E402
 import hardening  # noqa: E402
 import load  # noqa: E402
 import memory  # noqa: E402
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.build_parser(sub.add_parser("throughput", help="one big file through our relay and through socat"))
     load.build_parser(sub.add_parser("load", help="many concurrent transfers through one relay"))
     hardening.build_parser(sub.add_parser("hardening", help="silent connections vs the handshake timeout; SIGTERM drain"))
-    both = sub.add_parser("all", help="memory, throughput, load, then hardening, each with its defaults")
+    everyday.build_parser(sub.add_parser("everyday", help="a folder of small files, a big file and a pipe, CLI to CLI"))
+    both = sub.add_parser("all", help="memory, throughput, load, hardening, then everyday, each with its defaults")
     both.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
     both.add_argument("--keep", action="store_true", help="keep the scratch folders")
     return parser
@@ -52,9 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return load.run(args)
         if args.bench == "hardening":
             return hardening.run(args)
+        if args.bench == "everyday":
+            return everyday.run(args)
         common = (["--tree", args.tree] if args.tree else []) + (["--keep"] if args.keep else [])
         status = 0
-        for bench in (memory, throughput, load, hardening):
+        for bench in (memory, throughput, load, hardening, everyday):
             try:
                 status = bench.run(bench.build_parser().parse_args(common)) or status
             except BenchError as e:
