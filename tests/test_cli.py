@@ -90,7 +90,8 @@ def test_sender_picks_what_to_send(tmp_path) -> None:
     [
         (["relay:1", "f"], None, ("relay:1", ["f"])),
         (["f"], "envrelay", ("envrelay", ["f"])),
-        (["f", "g"], "envrelay", ("f", ["g"])),  # neither exists: the first is an address
+        (["f", "g"], "envrelay", ("envrelay", ["f", "g"])),  # no port: paths, even if missing
+        (["relay:1", "g"], "envrelay", ("relay:1", ["g"])),  # a port: the relay
         (["--relay", "opt:2", "f"], "envrelay", ("opt:2", ["f"])),
     ],
 )

@@ -27,7 +27,7 @@ from twisted_relay.codes import DEFAULT_WORD_COUNT, Code
 from twisted_relay.errors import ExitCode, TransferFailed
 from twisted_relay.filenames import BadName
 from twisted_relay.sender import SenderProtocol
-from twisted_relay.sources import FileSource, Outgoing, PipeSource, TreeSource
+from twisted_relay.sources import FileSource, Outgoing, PipeSource, TreeSource, checked_name
 
 EXAMPLES = """examples:
   filerelay-send relay.example.org corgis.mp4        send one file (port 9021)
@@ -68,12 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_relay(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The relay and the paths: the first argument is the relay unless the
-    relay comes from --relay or the environment and the first argument is
-    something to send."""
+    relay comes from --relay or the environment; then it still is if it
+    names a port (C{HOST:PORT}) and no such file exists, so a mistyped
+    file name is reported as unreadable, not dialled."""
     relay = args.relay or os.environ.get(RELAY_ENV) or None
     items = list(args.items)
     first_is_relay = relay is None or (
-        len(items) > 1 and items[0] != "-" and not os.path.lexists(items[0]) and _is_address(items[0])
+        len(items) > 1 and not os.path.lexists(items[0]) and _names_a_port(items[0])
     )
     if first_is_relay:
         if len(items) < 2:
@@ -83,12 +84,12 @@ def split_relay(args: argparse.Namespace) -> tuple[str, list[str]]:
     return relay, items
 
 
-def _is_address(text: str) -> bool:
+def _names_a_port(text: str) -> bool:
     try:
-        parse_relay_address(text)
+        host, port = parse_relay_address(text)
     except ValueError:
         return False
-    return True
+    return text.rstrip().endswith(f":{port}")
 
 
 def open_source(items: list[str], name: str | None, reactor: Any) -> Outgoing:
@@ -114,9 +115,12 @@ def open_source(items: list[str], name: str | None, reactor: Any) -> Outgoing:
 
 
 def _open_stdin(name: str, reactor: Any) -> Outgoing:
-    if stat.S_ISREG(os.fstat(0).st_mode):
+    st = os.fstat(0)
+    if stat.S_ISREG(st.st_mode):
         # Redirected from a file: its size is known, so show a full bar.
-        return FileSource.open(f"/dev/fd/{os.dup(0)}", name)
+        # Read from where standard input stands, as any program would.
+        f = os.fdopen(os.dup(0), "rb", buffering=0)
+        return FileSource(checked_name(name), st.st_size - f.tell(), f)
     return PipeSource(name, 0, reactor)
 
 

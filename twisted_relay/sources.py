@@ -122,6 +122,8 @@ class TreeSource(_Streamed):
     def open(cls, paths: list[str], on_skip: Callable[[str], None] = lambda path: None) -> "TreeSource":
         """@raise BadName, OSError, ValueError: the paths cannot be sent."""
         reader = TarReader(paths, on_skip)
+        if not reader.entries:
+            raise ValueError("nothing to send: only links or special files were given")
         for entry in reader.entries:
             checked_name(entry)
         name = reader.entries[0] if len(reader.entries) == 1 else f"{len(reader.entries)} items"
@@ -357,3 +359,7 @@ class PipeStreamer:
         self.pauseProducing()
         self._finished = True
         self._consumer.unregisterProducer()
+        try:
+            os.set_blocking(self._fd, True)  # as we found it: a shell may share it
+        except OSError:
+            pass

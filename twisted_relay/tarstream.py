@@ -68,8 +68,10 @@ class TarReader:
             top = os.path.basename(os.path.normpath(os.path.abspath(path)))
             if top in self.entries:
                 raise ValueError(f"two items are both named {top!r}")
-            self.entries.append(top)
+            listed = len(self._members)
             self._add(path, top)
+            if len(self._members) > listed:  # a skipped link is not announced
+                self.entries.append(top)
         self.size = sum(m.length for m in self._members) + len(_END_OF_ARCHIVE)
         self._index = 0
         self._offset = 0  # within the current member's header + data + padding

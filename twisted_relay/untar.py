@@ -18,6 +18,8 @@ import os
 import tarfile
 import unicodedata
 
+from twisted_relay.incoming import umask
+
 BLOCK = tarfile.BLOCKSIZE
 
 #: Largest PAX or long-name block accepted: names are short; anything
@@ -37,6 +39,15 @@ def _check_part(part: str) -> None:
     for ch in part:
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
             raise BadArchive("an entry name contains a control character")
+
+
+def _set_mtime(path: str, mtime: float) -> None:
+    """Keep the sender's modification time when it is one the system can
+    store; an absurd one (a hostile header) leaves the file's own."""
+    try:
+        os.utime(path, (mtime, mtime))
+    except (OverflowError, ValueError, OSError):
+        pass
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -88,7 +99,8 @@ class TarExtractor:
         self._pax: dict[str, str] = {}
         self._long_name: str | None = None
         self._ended = False
-        self._folders: list[tuple[str, int, int]] = []
+        self._folders: list[tuple[str, int, float]] = []
+        self._umask = umask()
         self.files = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -116,7 +128,7 @@ class TarExtractor:
             raise BadArchive("the archive ended early")
         for path, mode, mtime in reversed(self._folders):
             os.chmod(path, mode)
-            os.utime(path, (mtime, mtime))
+            _set_mtime(path, mtime)
 
     def abort(self) -> None:
         self._close_file()
@@ -160,7 +172,7 @@ class TarExtractor:
         elif self._long_name is not None:
             info.name = self._long_name
         if "size" in self._pax:
-            if not self._pax["size"].isdigit():
+            if not (self._pax["size"].isascii() and self._pax["size"].isdigit()):
                 raise BadArchive("bad PAX size")
             info.size = int(self._pax["size"])
         self._pax, self._long_name = {}, None
@@ -168,7 +180,8 @@ class TarExtractor:
 
     def _begin(self, info: tarfile.TarInfo) -> None:
         name = info.name.rstrip("/") if info.isdir() else info.name
-        if not (info.isreg() or info.isdir()):
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+            # isreg() would also pass contiguous and sparse members.
             raise BadArchive(f"refusing {name!r}: only files and folders are accepted, not links or special files")
         if name.startswith("/"):
             raise BadArchive(f"refusing {name!r}: absolute path")
@@ -183,20 +196,28 @@ class TarExtractor:
         except tarfile.FilterError as e:
             raise BadArchive(f"refusing {name!r}: {e}") from None
         path = os.path.join(self._dest, *parts)
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
+        try:
+            # A file where a folder is needed ("f", then "f/g") shows up as
+            # one of these: the archive's fault, not the disk's.
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise BadArchive(f"refusing {name!r}: a file stands where its folder should be") from None
         if info.isdir():
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
                 if not os.path.isdir(path) or os.path.islink(path):
                     raise BadArchive(f"refusing {name!r}: it is both a file and a folder") from None
-            self._folders.append((path, (info.mode if info.mode is not None else 0o755) | 0o700, int(info.mtime)))
+            # data_filter drops folder modes: a folder gets what any new
+            # folder would under the receiver's umask.
+            self._folders.append((path, 0o777 & ~self._umask, info.mtime))
             return
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             raise BadArchive(f"refusing {name!r}: it appears twice") from None
+        except NotADirectoryError:
+            raise BadArchive(f"refusing {name!r}: a file stands where its folder should be") from None
         self._member = info
         self._path = path
         self._left = info.size
@@ -219,12 +240,11 @@ class TarExtractor:
 
     def _end_file(self) -> None:
         assert self._member is not None and self._fd is not None
-        mode = self._member.mode if self._member.mode is not None else 0o644
-        os.fchmod(self._fd, mode)
+        mode = self._member.mode if self._member.mode is not None else 0o666
+        os.fchmod(self._fd, mode & ~self._umask)
         os.fsync(self._fd)
         self._close_file()
-        mtime = int(self._member.mtime)
-        os.utime(self._path, (mtime, mtime))
+        _set_mtime(self._path, self._member.mtime)
         self._member = None
         self._state = "header"
         self._skip = self._skip_after
