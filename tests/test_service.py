@@ -355,3 +355,9 @@ def test_second_signal_while_draining_cuts_at_once(monkeypatch) -> None:
     lose(sender)
     lose(receiver)
     success_result_of(d)
+
+
+def test_help_has_examples() -> None:
+    """twistd filerelay --help ends with runnable examples."""
+    text = str(Options())
+    assert "examples:" in text and "twistd -n filerelay --port 9021" in text

@@ -120,13 +120,28 @@ def _log_format(text: str) -> str:
 _log_format.coerceDoc = "One of: " + ", ".join(LOG_FORMATS) + "."  # type: ignore[attr-defined]
 
 
+EXAMPLES = """
+examples:
+  twistd -n filerelay --port 9021
+  twistd -n filerelay --port tcp:9021:interface=127.0.0.1 --port tcp6:9021
+  twistd -n filerelay --port 9021 --max-per-ip 32 --metrics-port 9102
+  twistd -n filerelay --port 9021 --log-format json --logfile=filerelay.log
+"""
+
+
 class Options(usage.Options):
     synopsis = "[--port PORT]... [options]"
     longdesc = (
         "Relay files between a sender and a receiver that share a short code. "
         "The relay stores nothing: it pairs the two connections and forwards "
-        "bytes with backpressure."
+        "bytes with backpressure. SIGTERM or SIGINT drains paired transfers, "
+        "then exits 0."
     )
+
+    def getUsage(self, width: int | None = None) -> str:
+        # usage.Options word-wraps longdesc, which would run the examples
+        # together; they go after it as written.
+        return super().getUsage(width) + EXAMPLES
 
     # The one place where the relay's defaults are set. A doc with no default
     # has no final full stop: usage.Options adds ". " before the coercer's doc.
