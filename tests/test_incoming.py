@@ -273,18 +273,6 @@ def test_commit_link_error_propagates_and_cleans_up(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_overwrite_onto_directory_fails_cleanly(tmp_path):
-    """If the name is a folder, even overwrite fails, the folder survives and the temp file is removed."""
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "inside").write_bytes(b"keep")
-    f = IncomingFile(str(tmp_path), "x", 3, overwrite=True)
-    f.write(b"new")
-    with pytest.raises(OSError):
-        f.commit()
-    assert (tmp_path / "x" / "inside").read_bytes() == b"keep"
-    assert temps(tmp_path) == []
-
-
 # ---------------------------------------------------------------------------
 # bad names
 
@@ -379,3 +367,14 @@ def test_no_temp_left_after_any_failure(tmp_path, monkeypatch):
         IncomingFile(folder, "../d", 3)
     assert temps(tmp_path) == []
     assert os.listdir(tmp_path) == ["c"]
+
+
+def test_overwrite_replaces_a_folder_with_the_file(tmp_path):
+    """With overwrite allowed, a folder of the same name is replaced by the file, and nothing is left aside."""
+    (tmp_path / "thing").mkdir()
+    (tmp_path / "thing" / "inner").write_bytes(b"old")
+    f = IncomingFile(str(tmp_path), "thing", 3, overwrite=True)
+    f.write(b"new")
+    f.commit()
+    assert (tmp_path / "thing").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["thing"]

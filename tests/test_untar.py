@@ -16,7 +16,7 @@ import random
 import stat
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -41,12 +41,14 @@ def padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % BLOCK)
 
 
-def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", fmt: int = tarfile.PAX_FORMAT, **attrs) -> bytes:
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", fmt: int = tarfile.PAX_FORMAT, **attrs: object
+) -> bytes:
     """One member, header and padded data, as C{tarfile} writes it; no
     end marker. C{attrs} set any other L{tarfile.TarInfo} field."""
     info = tarfile.TarInfo(name)
     info.type = kind
-    info.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+    info.size = len(data)
     info.mode = 0o644 if kind != tarfile.DIRTYPE else 0o755
     info.mtime = MTIME
     for key, value in attrs.items():
@@ -155,6 +157,17 @@ def everything(root: Path) -> dict[str, tuple]:
     return {".": ("dir", int(root.stat().st_mtime)), **snapshot(root, with_times=True)}
 
 
+@pytest.fixture(autouse=True)
+def usual_umask() -> Iterator[None]:
+    """Every test runs under umask 022, whatever the caller's, so expected
+    modes are fixed."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 # ---------------------------------------------------------------------------
 # a sample tree, on disk
 
@@ -257,6 +270,17 @@ def test_file_modes_are_kept_but_tamed(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(dest / "top").st_mode) & 0o700 == 0o700
 
 
+def test_modes_respect_the_receivers_umask(tmp_path: Path) -> None:
+    """Under a strict umask (027) received files and folders are no more open than the receiver allows."""
+    data = archive(folder("top", mode=0o777), member("top/exe", data=b"1", mode=0o755), member("top/doc", data=b"2"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.umask(0o027)
+    extract(data, dest, {"top"})
+    modes = {rel: stat.S_IMODE(os.lstat(dest / rel).st_mode) for rel in ["top", "top/exe", "top/doc"]}
+    assert modes == {"top": 0o750, "top/exe": 0o750, "top/doc": 0o640}
+
+
 def test_implicit_parent_folders_are_made(tmp_path: Path) -> None:
     """A file whose folders are not listed before it is still stored in the right place."""
     dest = tmp_path / "dest"
@@ -342,6 +366,8 @@ def hostile_cases(outside: Path) -> dict[str, bytes]:
         "char-device": archive(folder("top"), member("top/null", tarfile.CHRTYPE, devmajor=1, devminor=3)),
         "block-device": archive(folder("top"), member("top/disk", tarfile.BLKTYPE, devmajor=8, devminor=0)),
         "fifo": archive(folder("top"), member("top/fifo", tarfile.FIFOTYPE)),
+        "contiguous-file": archive(member("top", tarfile.CONTTYPE, data=b"x")),
+        "gnu-sparse-file": archive(member("top", tarfile.GNUTYPE_SPARSE, data=b"x", fmt=tarfile.GNU_FORMAT)),
         "gnu-longlink-type": archive(meta_block(b"K", b"../../x\0") + member("top/l", tarfile.SYMTYPE, linkname="x")),
         "not-announced": archive(member("other", data=b"who asked")),
         "not-announced-nested": archive(folder("top"), member("other/x", data=b"who asked")),
@@ -361,7 +387,11 @@ def hostile_cases(outside: Path) -> dict[str, bytes]:
         "pax-no-equals": archive(meta_block(tarfile.XHDTYPE, b"11 pathtop\n") + member("top")),
         "pax-not-utf8": archive(meta_block(tarfile.XHDTYPE, pax_record("path", b"top\xff")) + member("top")),
         "pax-bad-size": archive(meta_block(tarfile.XHDTYPE, pax_record("size", "12abc")) + member("top")),
-        "longname-dotdot": archive(meta_block(tarfile.GNUTYPE_LONGNAME, b"top/../../x\0") + member("top/ok", data=b"evil")),
+        "pax-non-ascii-digits": archive(meta_block(tarfile.XHDTYPE, pax_record("size", "١٢")) + member("top")),
+        "pax-negative-size": archive(meta_block(tarfile.XHDTYPE, pax_record("size", "-1")) + member("top")),
+        "longname-dotdot": archive(
+            meta_block(tarfile.GNUTYPE_LONGNAME, b"top/../../x\0") + member("top/ok", data=b"evil")
+        ),
         "longname-absolute": archive(meta_block(tarfile.GNUTYPE_LONGNAME, victim.encode() + b"\0") + member("top")),
         "longname-too-large": meta_block(tarfile.GNUTYPE_LONGNAME, b"", size=MAX_METADATA + 1),
         "bad-checksum": archive(member("top", data=b"x")[:148] + b"0000000\0" + member("top", data=b"x")[156:]),
@@ -435,15 +465,20 @@ def test_member_beneath_a_file_is_refused(tmp_path: Path) -> None:
         extract(data, dest, {"top"})
 
 
-def test_absurd_mtime_is_refused_or_ignored(tmp_path: Path) -> None:
-    """A header whose modification time is out of range does not crash extraction."""
+@pytest.mark.parametrize("mtime", [2**80, -(2**80)], ids=["far-future", "far-past"])
+def test_absurd_mtime_is_refused_or_ignored(tmp_path: Path, mtime: int) -> None:
+    """A header whose modification time is out of range is refused or ignored, never a crash."""
     dest = tmp_path / "dest"
     dest.mkdir()
-    data = archive(member("top", data=b"x", fmt=tarfile.GNU_FORMAT, mtime=2**80))
+    data = archive(
+        folder("top", mtime=mtime, fmt=tarfile.GNU_FORMAT),
+        member("top/f", data=b"x", fmt=tarfile.GNU_FORMAT, mtime=mtime),
+    )
     try:
         extract(data, dest, {"top"})
     except BadArchive:
-        pass
+        return
+    assert (dest / "top/f").read_bytes() == b"x"
 
 
 # ---------------------------------------------------------------------------
@@ -733,7 +768,8 @@ def test_reader_output_round_trips_through_tree(src: Path, tmp_path: Path) -> No
     while n := reader.readinto(buffer):
         tree.write(buffer[:n])
     tree.commit()
-    expected = {rel: what for rel, what in snapshot(src / "tree").items() if rel.split("/")[0] in ("nested", "empty-dir")}
+    kept = ("nested", "empty-dir")
+    expected = {rel: what for rel, what in snapshot(src / "tree").items() if rel.split("/")[0] in kept}
     expected["single.txt"] = snapshot(src)["single.txt"]
     assert snapshot(out) == expected
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 
 from twisted_relay.filenames import check_name
@@ -71,7 +72,7 @@ class IncomingFile:
         self._open = False
         try:
             if self.overwrite:
-                os.replace(self.temp_path, self.final_path)
+                _replace(self.temp_path, self.final_path)
             else:
                 _link_into_place(self.temp_path, self.final_path)
         except BaseException:
@@ -94,6 +95,20 @@ class IncomingFile:
             os.unlink(self.temp_path)
         except FileNotFoundError:
             pass
+
+
+def _replace(temp: str, final: str) -> None:
+    """Rename C{temp} over C{final}; a folder there (which rename cannot
+    replace with a file) is moved aside first and removed after."""
+    if os.path.isdir(final) and not os.path.islink(final):
+        aside = tempfile.mkdtemp(dir=os.path.dirname(final) or ".", prefix=".filerelay-", suffix=".old")
+        os.rename(final, os.path.join(aside, "old"))
+        try:
+            os.replace(temp, final)
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    os.replace(temp, final)
 
 
 def _link_into_place(temp: str, final: str) -> None:
