@@ -9,6 +9,7 @@ Everything listens on and connects to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
 import os
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -311,13 +312,13 @@ class Relay:
         return f"127.0.0.1:{self.port}"
 
 
-def start_relay(h: Harness, timeout: float = 30.0, log_name: str = "relay") -> Relay:
-    """``twistd -n filerelay`` on an ephemeral 127.0.0.1 port. With ``-n``
-    twistd does not fork, so the child's PID is the relay's."""
+def start_relay(h: Harness, timeout: float = 30.0, log_name: str = "relay", options: Sequence[str] = ()) -> Relay:
+    """``twistd -n filerelay [options]`` on an ephemeral 127.0.0.1 port.
+    With ``-n`` twistd does not fork, so the child's PID is the relay's."""
     # The twistd console script, run by this interpreter (``python -m
     # twisted`` runs plugins, not twistd).
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "filerelay",
-            "--port", "tcp:0:interface=127.0.0.1"]
+            "--port", "tcp:0:interface=127.0.0.1", *options]
     proc = h.spawn(argv, log_name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -473,3 +474,16 @@ def machine_line() -> str:
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {u.sysname} {u.release}, {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} at the end"
     )
+
+
+def run_main(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A benchmark's exit status: its own, 1 for a BenchError (said on
+    stderr), 130 if interrupted (children already cleaned up)."""
+    try:
+        return run(args)
+    except BenchError as e:
+        say(f"{name}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"{name}: interrupted; cleaned up")
+        return 130

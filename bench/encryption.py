@@ -32,6 +32,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     GiB,
     MiB,
     BenchError,
@@ -172,14 +173,7 @@ def table_rows(results: dict[str, list[Run]], size: int) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except BenchError as e:
-        say(f"bench/encryption.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/encryption.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/encryption.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

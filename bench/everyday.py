@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     GiB,
     MiB,
     BenchError,
@@ -389,15 +390,7 @@ def table_rows(kinds: list[str], runs: dict[str, list[Run]], manifest: Manifest,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        say(f"bench/everyday.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/everyday.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/everyday.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     BenchError,
     Harness,
     MiB,
@@ -57,6 +58,7 @@ from _common import (  # noqa: E402
     sha256_file,
     spawn_sender,
     start_receiver,
+    start_relay,
     start_sender,
     wait_exit,
 )
@@ -74,7 +76,6 @@ CLOSE_GRACE = 10.0
 #: The client exit codes this benchmark expects (README.rst, Exit codes).
 EXIT_OK, EXIT_UNREACHABLE, EXIT_PEER_GONE, EXIT_SHUTTING_DOWN = 0, 3, 6, 7
 
-_LISTENING = re.compile(rb"RelayFactory starting on (\d+)")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -90,23 +91,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def start_relay_with(h: Harness, options: Sequence[str], log_name: str, timeout: float = 30.0) -> Relay:
-    """L{_common.start_relay}, with more C{twistd filerelay} options."""
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "filerelay",
-            "--port", "tcp:0:interface=127.0.0.1", *options]
-    proc = h.spawn(argv, log_name)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(h.path(f"{log_name}.log"), "rb") as f:
-            m = _LISTENING.search(f.read())
-        if m:
-            return Relay(proc, int(m.group(1)))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise BenchError(f"the relay did not start listening:\n{h.log_tail(log_name)}")
 
 
 def relay_log(h: Harness, log_name: str) -> str:
@@ -285,7 +269,7 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 def run_handshake(h: Harness, args: argparse.Namespace) -> tuple[str, bool]:
     log_name = "relay-handshake"
-    relay = start_relay_with(h, ["--handshake-timeout", f"{args.handshake_timeout:g}"], log_name)
+    relay = start_relay(h, log_name=log_name, options=["--handshake-timeout", f"{args.handshake_timeout:g}"])
     say(f"[hardening] (a) relay pid {relay.pid} on {relay.address}, --handshake-timeout {args.handshake_timeout:g}")
     wait = args.handshake_timeout + CLOSE_GRACE + 5
     rows, ok = [], True
@@ -426,7 +410,7 @@ def drain_run(
     drain = args.cut_drain if cut else 60.0
     run = DrainRun(f"--drain-timeout {drain:g}" + (", receiver SIGSTOPped" if cut else " (default)"))
     log_name = f"relay-{tag}"
-    relay = start_relay_with(h, ["--drain-timeout", f"{drain:g}"] if cut else [], log_name)
+    relay = start_relay(h, log_name=log_name, options=["--drain-timeout", f"{drain:g}"] if cut else [])
     say(f"[hardening] (b) {run.title}: relay pid {relay.pid} on {relay.address}")
 
     waiting, _ = start_sender(h, relay, small, f"{tag}-waiting")
@@ -572,15 +556,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        say(f"bench/hardening.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/hardening.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/hardening.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

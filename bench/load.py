@@ -33,6 +33,7 @@ from typing import Any, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     BenchError,
     Harness,
     MiB,
@@ -526,15 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"] and len(argv) == 2:
         return worker(argv[1])
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        say(f"bench/load.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/load.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/load.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

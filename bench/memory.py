@@ -33,6 +33,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     BenchError,
     Harness,
     describe_tree,
@@ -266,15 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        say(f"bench/memory.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/memory.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/memory.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ One entry point for the benchmarks (not tests: nothing here runs in CI).
     python bench/run.py load [options]         # many concurrent transfers through one relay
     python bench/run.py hardening [options]    # handshake timeout and SIGTERM drain
     python bench/run.py everyday [options]     # a folder of small files, a big file, a pipe: CLI to CLI
-    python bench/run.py all [--tree DIR]       # all five, with their defaults
+    python bench/run.py encryption [options]   # encrypted vs a null-cipher build vs the previous release
+    python bench/run.py all                    # the first five, with their defaults (encryption has
+                                               # no --tree: it builds its own trees)
 
 ``python bench/run.py SUBCOMMAND --help`` lists each one's options; the same
 options work on ``python bench/memory.py``, ``python bench/throughput.py``,
-``python bench/load.py``, ``python bench/hardening.py`` and
-``python bench/everyday.py``.
+``python bench/load.py``, ``python bench/hardening.py``,
+``python bench/everyday.py`` and ``python bench/encryption.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import encryption  # noqa: E402
 import everyday  # noqa: E402
 import hardening  # noqa: E402
 import load  # noqa: E402
@@ -39,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.build_parser(sub.add_parser("load", help="many concurrent transfers through one relay"))
     hardening.build_parser(sub.add_parser("hardening", help="silent connections vs the handshake timeout; SIGTERM drain"))
     everyday.build_parser(sub.add_parser("everyday", help="a folder of small files, a big file and a pipe, CLI to CLI"))
+    encryption.build_parser(sub.add_parser("encryption", help="what end-to-end encryption costs, same run"))
     both = sub.add_parser("all", help="memory, throughput, load, hardening, then everyday, each with its defaults")
     both.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
     both.add_argument("--keep", action="store_true", help="keep the scratch folders")
@@ -58,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return hardening.run(args)
         if args.bench == "everyday":
             return everyday.run(args)
+        if args.bench == "encryption":
+            return encryption.run(args)
         common = (["--tree", args.tree] if args.tree else []) + (["--keep"] if args.keep else [])
         status = 0
         for bench in (memory, throughput, load, hardening, everyday):

@@ -36,6 +36,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    run_main,
     GiB,
     MiB,
     BenchError,
@@ -248,15 +249,7 @@ def table_rows(ours: list[Run], theirs: list[Run], size: int, warm_ours: Run, wa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        say(f"bench/throughput.py: {e}")
-        return 1
-    except KeyboardInterrupt:
-        say("bench/throughput.py: interrupted; cleaned up")
-        return 130
+    return run_main("bench/throughput.py", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
