@@ -168,3 +168,21 @@ def test_typo_gets_a_suggestion() -> None:
 
     with pytest.raises(InvalidCode, match="did you mean 'orbit'"):
         parse_code("7-orbitt-tulip")
+
+
+def test_sender_refuses_nested_names_receivers_refuse(tmp_path) -> None:
+    """A folder holding a name every receiver refuses (a control character) fails before a code is spent, naming it."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "bell\x07.txt").write_text("x")
+    with pytest.raises(TransferFailed) as failure:
+        send.open_source([str(tmp_path / "dir")], None, reactor=None)
+    assert failure.value.exit_code is ExitCode.FILE_REFUSED
+    assert "bell" in failure.value.message
+
+
+def test_sender_sends_dotfiles_inside_folders(tmp_path) -> None:
+    """Inside a folder, names starting with a dot (.gitignore) are sent."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / ".gitignore").write_text("x")
+    tree = send.open_source([str(tmp_path / "dir")], None, reactor=None)
+    assert tree.entries == ["dir"]

@@ -138,3 +138,20 @@ def test_bad_name_is_value_error_with_reason():
     with pytest.raises(BadName) as info:
         check_name("a/b")
     assert str(info.value)
+
+
+@pytest.mark.parametrize("part", [".gitignore", "notes.txt", "été"])
+def test_parts_inside_folders_may_start_with_a_dot(part):
+    """Inside a folder, ordinary names and dotfiles are accepted."""
+    from twisted_relay.filenames import check_part
+
+    assert check_part(part) == part
+
+
+@pytest.mark.parametrize("part", ["", ".", "..", "a\\b", "a/b", "bell\x07", "x\u202ey", "\udcff"])
+def test_bad_parts_inside_folders_refused(part):
+    """Inside a folder, empty, dot, separator, control-character and non-Unicode names are refused."""
+    from twisted_relay.filenames import check_part
+
+    with pytest.raises(BadName):
+        check_part(part)

@@ -18,6 +18,24 @@ class BadName(ValueError):
     """The name is refused; the message says why, for both users."""
 
 
+_HIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def check_part(part: str) -> str:
+    """
+    Return C{part}, one name inside a received folder, if it is safe, else
+    raise L{BadName}. Looser than L{check_name} in one way only: it may
+    start with a dot (C{.gitignore}), though it may not be C{.} or C{..}.
+    """
+    if part in ("", ".", ".."):
+        raise BadName("a name inside a folder is empty, '.' or '..'")
+    if "/" in part or "\\" in part:
+        raise BadName(f"{part!r} contains a path separator")
+    if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in part):
+        raise BadName(f"{part!r} contains a control character or is not valid Unicode")
+    return part
+
+
 def check_name(name: str) -> str:
     """
     Return C{name} if it is a safe base name, else raise L{BadName}.
@@ -36,7 +54,7 @@ def check_name(name: str) -> str:
     if "/" in name or "\\" in name:
         raise BadName("file name contains a path separator")
     for ch in name:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        if unicodedata.category(ch) in _HIDDEN_CATEGORIES:
             raise BadName("file name contains a control character")
     try:
         encoded = name.encode("utf-8")

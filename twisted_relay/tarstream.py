@@ -18,6 +18,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Callable
 
+from twisted_relay.filenames import check_part
+
 BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
 
@@ -56,6 +58,7 @@ class TarReader:
     @ivar entries: the top-level names, as the receiver will create them.
     @ivar skipped: paths left out (links and special files).
     @raise OSError: if a path cannot be examined.
+    @raise filenames.BadName: if a name inside a folder is one receivers refuse.
     @raise ValueError: if two paths have the same base name.
     """
 
@@ -89,6 +92,8 @@ class TarReader:
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), int(st.st_mtime)
             self._members.append(_Member(_header(info), None, 0))
             for name in sorted(os.listdir(path)):
+                # Refused here, before a code is spent, as every receiver would.
+                check_part(name)
                 self._add(os.path.join(path, name), f"{arcname}/{name}")
         else:
             self.skipped.append(path)

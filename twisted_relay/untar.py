@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import tarfile
-import unicodedata
 
+from twisted_relay.filenames import BadName, check_part
 from twisted_relay.incoming import umask
 
 BLOCK = tarfile.BLOCKSIZE
@@ -32,13 +32,10 @@ class BadArchive(ValueError):
 
 
 def _check_part(part: str) -> None:
-    if part in ("", ".", ".."):
-        raise BadArchive("an entry has an empty, '.' or '..' path part")
-    if "\\" in part:
-        raise BadArchive("an entry name contains a backslash")
-    for ch in part:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            raise BadArchive("an entry name contains a control character")
+    try:
+        check_part(part)
+    except BadName as e:
+        raise BadArchive(str(e)) from None
 
 
 def _set_mtime(path: str, mtime: float) -> None:
