@@ -19,9 +19,25 @@ from twisted_relay.limits import (
 
 
 def test_peer_host_of_ip_addresses() -> None:
-    """Limits count IPv4 and IPv6 peers by host, ignoring the port."""
+    """Limits count IPv4 peers by address and IPv6 peers by /64, ignoring the port."""
     assert peer_host(IPv4Address("TCP", "192.0.2.1", 5000)) == "192.0.2.1"
-    assert peer_host(IPv6Address("TCP", "2001:db8::1", 5000)) == "2001:db8::1"
+    assert peer_host(IPv6Address("TCP", "2001:db8::1", 5000)) == "2001:db8::/64"
+    assert peer_host(IPv6Address("TCP", "2001:db8::ffff:1", 5000)) == "2001:db8::/64"
+    assert peer_host(IPv6Address("TCP", "2001:db8:0:1::1", 5000)) == "2001:db8:0:1::/64"
+
+
+def test_ipv4_on_a_dual_stack_port_counts_as_ipv4() -> None:
+    """An IPv4 client seen as ::ffff:a.b.c.d shares its count with the plain IPv4 address."""
+    assert peer_host(IPv6Address("TCP", "::ffff:192.0.2.1", 5000)) == "192.0.2.1"
+
+
+def test_one_ipv6_prefix_shares_the_per_address_limit() -> None:
+    """Addresses of one /64 cannot each take a full per-address allowance."""
+    limits = ConnectionLimits(max_connections=None, max_per_host=2)
+    hosts = [peer_host(IPv6Address("TCP", f"2001:db8::{n}", 5000)) for n in (1, 2, 3)]
+    assert limits.admit(hosts[0]) is None
+    assert limits.admit(hosts[1]) is None
+    assert limits.admit(hosts[2]) == "max-per-ip"
 
 
 def test_peer_host_of_other_addresses() -> None:

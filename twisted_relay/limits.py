@@ -16,6 +16,8 @@ peer without a host (a UNIX socket) is counted in the total only.
 
 from __future__ import annotations
 
+import ipaddress
+
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -35,9 +37,24 @@ MAX_TRACKED_ADDRESSES = 10_000
 
 
 def peer_host(addr: IAddress | None) -> str | None:
-    """The host limits count C{addr} under, or C{None} if it has none."""
+    """
+    The key limits count C{addr} under, or C{None} if it has none. An IPv6
+    client counts by its /64, since one user usually holds a whole /64 and
+    could otherwise open a fresh address per attempt; an IPv4 client
+    reaching a dual-stack port (C{::ffff:a.b.c.d}) counts as itself.
+    """
     host = getattr(addr, "host", None)
-    return host if isinstance(host, str) else None
+    if not isinstance(host, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class ConnectionLimits:
