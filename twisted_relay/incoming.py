@@ -72,7 +72,7 @@ class IncomingFile:
         self._open = False
         try:
             if self.overwrite:
-                _replace(self.temp_path, self.final_path)
+                replace(self.temp_path, self.final_path)
             else:
                 _link_into_place(self.temp_path, self.final_path)
         except BaseException:
@@ -97,18 +97,23 @@ class IncomingFile:
             pass
 
 
-def _replace(temp: str, final: str) -> None:
-    """Rename C{temp} over C{final}; a folder there (which rename cannot
-    replace with a file) is moved aside first and removed after."""
-    if os.path.isdir(final) and not os.path.islink(final):
+def replace(source: str, final: str) -> None:
+    """
+    Rename C{source} (a file or a folder) over whatever is at C{final}.
+    File over file is one atomic rename; where a folder is involved on
+    either side, which rename cannot swap, the old one is moved aside
+    first and removed after.
+    """
+    folder_involved = os.path.isdir(source) or (os.path.isdir(final) and not os.path.islink(final))
+    if folder_involved and os.path.lexists(final):
         aside = tempfile.mkdtemp(dir=os.path.dirname(final) or ".", prefix=".filerelay-", suffix=".old")
         os.rename(final, os.path.join(aside, "old"))
         try:
-            os.replace(temp, final)
+            os.rename(source, final)
         finally:
             shutil.rmtree(aside, ignore_errors=True)
         return
-    os.replace(temp, final)
+    os.replace(source, final)
 
 
 def _link_into_place(temp: str, final: str) -> None:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 
 from twisted_relay.filenames import BadName, check_name
-from twisted_relay.incoming import FileExists, fsync_folder
+from twisted_relay.incoming import FileExists, fsync_folder, replace
 from twisted_relay.untar import BadArchive, TarExtractor
 
 
@@ -75,8 +75,8 @@ class IncomingTree:
         if os.path.lexists(target):
             if not self.overwrite:
                 raise FileExists(target)
-            # Move the old one aside first, so the new one replaces it whole.
-            os.rename(target, os.path.join(self._temp, f".old-{entry}"))
+            replace(source, target)
+            return
         # rename(2) would silently replace an empty folder that appeared
         # since the check; that race is the only one left, and harmless.
         os.rename(source, target)
