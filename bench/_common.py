@@ -487,3 +487,13 @@ def run_main(name: str, run: Callable[[argparse.Namespace], int], args: argparse
     except KeyboardInterrupt:
         say(f"{name}: interrupted; cleaned up")
         return 130
+
+
+def add_scratch_options(p: argparse.ArgumentParser, urandom: bool = True, tree: bool = True) -> None:
+    """The options most benchmarks share: where the measured code and the
+    test data come from, and whether to keep the scratch folder."""
+    if urandom:
+        p.add_argument("--urandom", action="store_true", help="fill files from os.urandom (slower) instead of a shuffled random pool")
+    if tree:
+        p.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs) for inspection")

@@ -32,6 +32,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    add_scratch_options,
     run_main,
     GiB,
     MiB,
@@ -90,7 +91,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("-r", "--repeats", type=int, default=3, help="runs of each variant (default 3)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one transfer may take (default 300)")
     p.add_argument("--previous", default=PREVIOUS_RELEASE, help=f"git revision of the previous release (default {PREVIOUS_RELEASE})")
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs) for inspection")
+    add_scratch_options(p, urandom=False, tree=False)
     return p
 
 

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    add_scratch_options,
     run_main,
     BenchError,
     Harness,
@@ -85,8 +86,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--size", type=parse_size, default=parse_size("256M"), help="size of the file in flight at SIGTERM in (b) (default 256M)")
     p.add_argument("--cut-drain", type=float, default=1.0, help="the relay's --drain-timeout in (b)'s second run (default 1)")
     p.add_argument("--timeout", type=float, default=120.0, help="give up on any one wait after this many seconds (default 120)")
-    p.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs) for inspection")
+    add_scratch_options(p, urandom=False)
     return p
 
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    add_scratch_options,
     run_main,
     BenchError,
     Harness,
@@ -68,9 +69,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--workers", type=int, default=2, help="client worker processes sharing the transfers (default 2)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between relay RSS samples (default 0.05)")
     p.add_argument("--timeout", type=float, default=300.0, help="give up on the transfers after this many seconds (default 300)")
-    p.add_argument("--urandom", action="store_true", help="fill files from os.urandom (slower) instead of a shuffled random pool")
-    p.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, job files) for inspection")
+    add_scratch_options(p)
     return p
 
 

@@ -36,6 +36,7 @@ from typing import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    add_scratch_options,
     run_main,
     GiB,
     MiB,
@@ -70,10 +71,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--size", type=parse_size, default=parse_size("1G"), help="file size, e.g. 1G (default)")
     p.add_argument("-r", "--repeats", type=int, default=3, help="runs of each measurement (default 3)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one transfer may take (default 300)")
-    p.add_argument("--urandom", action="store_true", help="fill the file from os.urandom (slower) instead of a shuffled random pool")
     p.add_argument("--no-install", action="store_true", help="fail if socat is missing instead of apt-get installing it")
-    p.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs) for inspection")
+    add_scratch_options(p)
     return p
 
 
