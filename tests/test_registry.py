@@ -418,3 +418,23 @@ def test_waiting_lists_unpaired_senders():
     assert registry.waiting() == ["b"]
     assert registry.waiting_count == 1
     assert len(registry) == 2
+
+
+def test_lengths_follow_many_releases_and_rests():
+    """Thousands of senders come and go within one cooldown: codes grow a
+    digit as resting channels fill a length, and shrink back once those
+    channels have rested, released a few at a time."""
+    clock = Clock()
+    registry = ChannelRegistry(clock, randbelow=random.Random(7).randrange)
+    lengths = []
+    for _ in range(3000):
+        channel = registry.add_sender(object(), Timeouts())
+        lengths.append(len(str(channel)))
+        registry.release(channel)
+        clock.advance(0.01)
+    # 5 one-digit, 45 two-digit, 450 three-digit, then four digits
+    assert lengths[:5] == [1] * 5 and lengths[5:50] == [2] * 45 and lengths[50:500] == [3] * 450
+    assert set(lengths[500:]) == {4}
+    clock.advance(registry.cooldown - 15)  # the first 1,500 have rested
+    again = [len(str(registry.add_sender(object(), Timeouts()))) for _ in range(6)]
+    assert again == [1, 1, 1, 1, 1, 2]

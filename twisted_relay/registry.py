@@ -10,6 +10,7 @@ sender; joining their connections is L{twisted_relay.splice}'s job.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from typing import Callable, Generic, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -54,7 +55,12 @@ class ChannelRegistry(Generic[T]):
         self._randbelow = randbelow
         self._waiting: dict[int, tuple[T, IDelayedCall | None]] = {}
         self._taken: set[int] = set()
-        self._resting: dict[int, float] = {}  # channel -> when it may be reused
+        # channel -> when it may be reused. The cooldown is the same for all,
+        # so insertion order is expiry order: the oldest are at the front.
+        self._resting: dict[int, float] = {}
+        # digits -> channels of that length taken or resting, so allocating
+        # costs the same however many channels were used in the last cooldown.
+        self._unavailable_by_length: Counter[int] = Counter()
 
     def __len__(self) -> int:
         return len(self._taken)
@@ -78,6 +84,7 @@ class ChannelRegistry(Generic[T]):
         if self.wait_timeout is not None:
             timer = self._clock.callLater(self.wait_timeout, self._expire, channel, on_timeout)
         self._taken.add(channel)
+        self._unavailable_by_length[len(str(channel))] += 1
         self._waiting[channel] = (sender, timer)
         return channel
 
@@ -118,17 +125,23 @@ class ChannelRegistry(Generic[T]):
         if entry is not None:
             on_timeout(entry[0])
 
-    def _allocate(self) -> int:
+    def _end_rest(self) -> None:
         now = self._clock.seconds()
-        self._resting = {c: t for c, t in self._resting.items() if t > now}
-        unavailable = self._taken | self._resting.keys()
-        upper = 10
+        while self._resting:
+            channel, until = next(iter(self._resting.items()))
+            if until > now:
+                return
+            del self._resting[channel]
+            self._unavailable_by_length[len(str(channel))] -= 1
+
+    def _allocate(self) -> int:
+        self._end_rest()
+        digits, upper = 1, 10
         while True:
             span = upper - upper // 10  # numbers with this many digits
-            used = sum(1 for c in unavailable if upper // 10 <= c < upper)
-            if used * 2 < span:
+            if self._unavailable_by_length[digits] * 2 < span:
                 while True:
                     candidate = upper // 10 + self._randbelow(span)
-                    if candidate not in unavailable:
+                    if candidate not in self._taken and candidate not in self._resting:
                         return candidate
-            upper *= 10
+            digits, upper = digits + 1, upper * 10
