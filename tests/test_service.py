@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
+from twisted_relay import zero_copy
 from twisted_relay.errors import ErrorCode
 from twisted_relay.relay import State
 from twisted_relay.service import (
@@ -76,6 +77,8 @@ def test_options_defaults() -> None:
     assert options["max-failed-codes"] == 10
     assert options["log-format"] == "text"
     assert options["metrics-port"] is None
+    assert options["forwarding"] == "auto"
+    assert options["socket-buffer"] is None
 
 
 def test_options_repeatable_port() -> None:
@@ -239,6 +242,8 @@ def test_help_documents_every_option() -> None:
         "max-failed-codes",
         "log-format",
         "metrics-port",
+        "forwarding",
+        "socket-buffer",
     ):
         assert f"--{name}=" in text
     for param in Options.optParameters:
@@ -269,6 +274,36 @@ def test_make_service_defaults_reach_the_relay() -> None:
     assert factory.idle_timeout == 300
     assert factory.limits.max_connections is None and factory.limits.max_per_host is None
     assert factory.failed_claims.limit == 10
+    assert factory.kernel_forwarding is True and factory.socket_buffer is None
+
+
+@pytest.mark.parametrize(("given", "kernel"), [("auto", True), ("copy", False), ("COPY", False)])
+def test_forwarding_option_reaches_the_relay(given: str, kernel: bool) -> None:
+    """--forwarding copy keeps every transfer on the portable path."""
+    reactor = MemoryReactorClock()
+    makeService(parsed("--forwarding", given), reactor=reactor).startService()
+    assert reactor.tcpServers[0][1].kernel_forwarding is kernel
+
+
+def test_forwarding_splice_needs_os_splice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for splice where the platform has none is a usage error at
+    start, not a silent fallback; an unknown mode is refused too."""
+    monkeypatch.setattr(zero_copy, "AVAILABLE", False)
+    with pytest.raises(usage.UsageError, match="Linux"):
+        parsed("--forwarding", "splice")
+    with pytest.raises(usage.UsageError):
+        parsed("--forwarding", "sendfile")
+
+
+def test_socket_buffer_option() -> None:
+    """--socket-buffer reaches the relay, which caps its pipes with it too."""
+    reactor = MemoryReactorClock()
+    makeService(parsed("--socket-buffer", "65536"), reactor=reactor).startService()
+    assert reactor.tcpServers[0][1].socket_buffer == 65536
+    for bad in ("0", "100", "-5", "1e9", "lots"):
+        with pytest.raises(usage.UsageError):
+            parsed("--socket-buffer", bad)
+    assert parsed("--socket-buffer", "off")["socket-buffer"] is None
 
 
 def test_no_metrics_port_by_default() -> None:

@@ -47,6 +47,11 @@ DURATION = "duration"
 #: How it ended (L{REFUSED}, L{CLOSED}); C{None} on earlier steps.
 OUTCOME = "outcome"
 
+#: On C{closed} events: how the transfer's bytes moved when it ended,
+#: C{"splice"} (in the kernel) or C{"copy"} (through the relay's memory);
+#: C{None} for a connection that was never paired.
+FORWARDING = "forwarding"
+
 LIFECYCLE_FIELDS = (EVENT, PEER, ROLE, CHANNEL, BYTES_UP, BYTES_DOWN, DURATION, OUTCOME)
 
 # Values of EVENT.

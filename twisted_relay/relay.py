@@ -15,6 +15,7 @@ step.
 
 from __future__ import annotations
 
+import socket
 from enum import Enum
 
 from twisted.internet.defer import Deferred, succeed
@@ -29,6 +30,7 @@ from twisted_relay.limits import MAX_FAILED_CODES, ConnectionLimits, FailedClaim
 from twisted_relay.metrics import RelayMetrics
 from twisted_relay.registry import ChannelInUse, ChannelRegistry, UnknownChannel
 from twisted_relay.splice import Splice
+from twisted_relay.zero_copy import PIPE_SIZE
 from twisted_relay.wire import (
     RELAY_PROTOCOL_VERSION,
     FrameReceiver,
@@ -87,6 +89,8 @@ class RelayProtocol(FrameReceiver):
     # connection events
 
     def connectionMade(self) -> None:
+        if self.factory.socket_buffer is not None:
+            _cap_socket_buffers(self.transport, self.factory.socket_buffer)
         peer = self.transport.getPeer()
         self.host = peer_host(peer)
         self._peer_text = logs.format_peer(peer)
@@ -109,11 +113,21 @@ class RelayProtocol(FrameReceiver):
         self._release_channel()
         if old is State.PAIRED and self.splice is not None:
             self.splice.leg_lost(self, outcome=self._closed_by_client())
-        self._log_step(
-            logs.CLOSED,
-            "{peer} closed ({outcome}) after {duration:.1f}s: {bytes_up} bytes up, {bytes_down} down",
-            outcome=self._outcome(),
-        )
+        if self.splice is None:
+            self._log_step(
+                logs.CLOSED,
+                "{peer} closed ({outcome}) after {duration:.1f}s",
+                outcome=self._outcome(),
+                **{logs.FORWARDING: None},
+            )
+        else:
+            self._log_step(
+                logs.CLOSED,
+                "{peer} closed ({outcome}) after {duration:.1f}s: {bytes_up} bytes up, {bytes_down} down"
+                " by {forwarding}",
+                outcome=self._outcome(),
+                **{logs.FORWARDING: self.splice.forwarding},
+            )
         self.factory.connection_closed(self)
 
     # frames
@@ -294,6 +308,15 @@ class RelayProtocol(FrameReceiver):
         self._log.info(text, **fields, **extra)
 
 
+def _cap_socket_buffers(transport: object, size: int) -> None:
+    """Bound the kernel memory a client's socket may hold. Set before any
+    byte moves, so TCP's window never advertises more than this allows."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if isinstance(handle, socket.socket):
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            handle.setsockopt(socket.SOL_SOCKET, option, size)
+
+
 def _wait_expired(sender: RelayProtocol) -> None:
     sender.close_with_error(ErrorCode.TIMEOUT, "no receiver came for this code in time; start again")
 
@@ -312,6 +335,11 @@ class RelayFactory(Factory):
     @ivar limits: open-connection caps, in total and per address.
     @ivar failed_claims: failed claims per address, and who must wait.
     @ivar metrics: this factory's Prometheus metrics and their registry.
+    @ivar kernel_forwarding: let paired transfers be forwarded inside the
+        kernel (L{twisted_relay.zero_copy}) where the platform allows;
+        C{False} keeps every byte on the portable path.
+    @ivar socket_buffer: cap, in bytes, of each client socket's kernel send
+        and receive buffers; C{None}: the kernel's defaults.
     """
 
     protocol = RelayProtocol
@@ -325,10 +353,14 @@ class RelayFactory(Factory):
         max_connections: int | None = None,
         max_per_ip: int | None = None,
         max_failed_codes: int | None = None,
+        kernel_forwarding: bool = True,
+        socket_buffer: int | None = None,
     ) -> None:
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.kernel_forwarding = kernel_forwarding
+        self.socket_buffer = socket_buffer
         self.registry: ChannelRegistry[RelayProtocol] = ChannelRegistry(clock, wait_timeout)
         self.limits = ConnectionLimits(max_connections, max_per_ip)
         self.failed_claims = FailedClaims(clock, max_failed_codes)
@@ -381,6 +413,10 @@ class RelayFactory(Factory):
             sender.channel,
             on_end=self._transfer_ended,
             idle_timeout=self.idle_timeout,
+            kernel_forwarding=self.kernel_forwarding,
+            # Capped socket buffers cap the pipes too: the operator asked
+            # for bounded kernel memory per transfer.
+            pipe_size=min(PIPE_SIZE, self.socket_buffer or PIPE_SIZE),
         )
         self.splices.add(splice)
         self.metrics.paired()

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime, _ISupportsExitSignalCaptur
 from twisted.logger import ILogObserver, Logger, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
+from twisted_relay import zero_copy
 from twisted_relay.errors import ErrorCode
 from twisted_relay.logs import LOG_FORMATS, SHUTDOWN, json_observer
 from twisted_relay.metrics import metrics_site
@@ -120,6 +121,33 @@ def _log_format(text: str) -> str:
 _log_format.coerceDoc = "One of: " + ", ".join(LOG_FORMATS) + "."  # type: ignore[attr-defined]
 
 
+FORWARDING_MODES = ("auto", "splice", "copy")
+
+
+def _forwarding(text: str) -> str:
+    value = text.strip().lower()
+    if value not in FORWARDING_MODES:
+        raise ValueError(f"must be one of: {', '.join(FORWARDING_MODES)}")
+    if value == "splice" and not zero_copy.AVAILABLE:
+        raise ValueError("splice forwarding needs Linux (os.splice); use auto or copy")
+    return value
+
+
+_forwarding.coerceDoc = "One of: " + ", ".join(FORWARDING_MODES) + "."  # type: ignore[attr-defined]
+
+
+def _socket_buffer(text: str) -> int | None:
+    if text.strip().lower() in _OFF:
+        return None
+    value = int(text)
+    if not 4096 <= value <= 64 * 1024 * 1024:
+        raise ValueError("must be between 4096 and 67108864 bytes, or 'off'")
+    return value
+
+
+_socket_buffer.coerceDoc = "Bytes, 4096 to 67108864, or 'off'."  # type: ignore[attr-defined]
+
+
 EXAMPLES = """
 examples:
   twistd -n filerelay --port 9021
@@ -178,6 +206,23 @@ class Options(usage.Options):
             "After this many claims of unknown or in-use codes from one address within a minute, "
             "refuse its claims (ERROR too many attempts) until that minute is over.",
             _count_or_off,
+        ],
+        [
+            "forwarding",
+            None,
+            "auto",
+            "How paired transfers move bytes. splice: inside the kernel with splice(2), zero copy (Linux only); "
+            "copy: through the relay's memory, with Twisted producers and consumers (any platform); "
+            "auto: splice where available, else copy",
+            _forwarding,
+        ],
+        [
+            "socket-buffer",
+            None,
+            None,
+            "Cap each client socket's kernel send and receive buffers (SO_SNDBUF, SO_RCVBUF) at this many bytes, "
+            "so a stalled transfer also holds bounded kernel memory. Off (the kernel's autotuning) unless given",
+            _socket_buffer,
         ],
         [
             "log-format",
@@ -330,6 +375,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_connections=options["max-connections"],
         max_per_ip=options["max-per-ip"],
         max_failed_codes=options["max-failed-codes"],
+        kernel_forwarding=options["forwarding"] != "copy",
+        socket_buffer=options["socket-buffer"],
     )
     top = LogObserverService(json_observer()) if options["log-format"] == "json" else MultiService()
     DrainingService(factory, reactor, options["drain-timeout"]).setServiceParent(top)

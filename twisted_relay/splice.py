@@ -9,6 +9,12 @@ transfer is thus bounded by two transport buffers and one read, whatever the
 file size. When either leg is lost, the other is closed after its pending
 bytes are flushed.
 
+On Linux, once both transports have flushed what the relay wrote to them,
+the bytes stop passing through Python: a L{KernelForwarder} takes the two
+sockets and moves bytes with C{splice(2)}, with the same backpressure and
+the same way of ending. The portable path above stays in use until then, and
+for good where the kernel path is unavailable or turned off.
+
 A transfer during which no byte moves either way for C{idle_timeout} seconds
 is cut. Reading the clock in L{Splice.carry} is all the hot path pays for
 it: one timer per splice checks L{Splice.last_activity} when it fires and
@@ -21,6 +27,7 @@ from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 
+from twisted_relay import zero_copy
 from twisted_relay.logs import IDLE_TIMEOUT
 
 
@@ -53,6 +60,8 @@ class Splice:
         are cut; C{None}: never.
     @ivar outcome: why the transfer ended (see L{twisted_relay.logs}), set
         by the first leg to go or by L{abort}; C{None} while it runs.
+    @ivar kernel: the forwarder moving bytes inside the kernel, once it has
+        taken over; C{None} while bytes pass through Python.
     """
 
     def __init__(
@@ -63,6 +72,8 @@ class Splice:
         channel: int,
         on_end: Callable[["Splice"], object] = lambda splice: None,
         idle_timeout: float | None = None,
+        kernel_forwarding: bool = True,
+        pipe_size: int = zero_copy.PIPE_SIZE,
     ) -> None:
         self.sender = sender
         self._on_end = on_end
@@ -78,6 +89,14 @@ class Splice:
         self.idle_timeout = idle_timeout
         self._idle_timer: IDelayedCall | None = None
         self.outcome: str | None = None
+        self.kernel: zero_copy.KernelForwarder | None = None
+        self._may_take_over = kernel_forwarding and zero_copy.AVAILABLE
+        self._pipe_size = pipe_size
+
+    @property
+    def forwarding(self) -> str:
+        """How bytes are moving now: C{"splice"} or C{"copy"}."""
+        return "splice" if self.kernel is not None else "copy"
 
     def start(self) -> None:
         """Wire the legs to each other. Both must already be connected."""
@@ -100,13 +119,37 @@ class Splice:
         """Forward C{data} that arrived on C{leg} to the other leg."""
         if self._lost:
             return  # the other leg is gone: nothing is forwarded or counted
-        if leg is self.sender:
-            self.bytes_up += len(data)
-            self.receiver.transport.write(data)
+        self._moved(leg, len(data))
+        other = self.receiver if leg is self.sender else self.sender
+        if self._may_take_over and zero_copy.can_take_over(leg.transport) and zero_copy.can_take_over(other.transport):
+            self._hand_to_kernel(other, data)
         else:
-            self.bytes_down += len(data)
-            self.sender.transport.write(data)
+            other.transport.write(data)
+
+    def _moved(self, leg: Leg, count: int) -> None:
+        if leg is self.sender:
+            self.bytes_up += count
+        else:
+            self.bytes_down += count
         self.last_activity = self._clock.seconds()
+
+    def _hand_to_kernel(self, preface_for: Leg, preface: bytes) -> None:
+        """Both transports are flushed: let the kernel forward from now on,
+        starting with the chunk in hand."""
+        self._may_take_over = False
+        try:
+            kernel = zero_copy.KernelForwarder(
+                self.sender, self.receiver, on_moved=self._moved, pipe_size=self._pipe_size
+            )
+        except OSError:
+            # Out of descriptors for the pipes: this transfer stays on the
+            # portable path, which needs none.
+            preface_for.transport.write(preface)
+            return
+        self.sender.transport.unregisterProducer()
+        self.receiver.transport.unregisterProducer()
+        self.kernel = kernel
+        kernel.start(preface_for, preface)
 
     def leg_lost(self, leg: Leg, outcome: str = "closed") -> None:
         """C{leg}'s connection is gone: close the other once it has flushed."""
@@ -118,11 +161,14 @@ class Splice:
         self._cancel_idle_timer()
         other = self.other(leg)
         if id(other) not in self._lost:
-            other.transport.unregisterProducer()
-            other.transport.loseConnection()
+            if self.kernel is not None:
+                self.kernel.close_after_flush(other)
+            else:
+                other.transport.unregisterProducer()
+                other.transport.loseConnection()
             # A peer that stops reading would keep a flushing close open for
             # ever; cut it after a grace period.
-            self._cut_timer = self._clock.callLater(CLOSE_GRACE, other.transport.abortConnection)
+            self._cut_timer = self._clock.callLater(CLOSE_GRACE, self._cut, other)
             return
         if self._cut_timer is not None and self._cut_timer.active():
             self._cut_timer.cancel()
@@ -134,7 +180,13 @@ class Splice:
         self.outcome = self.outcome or outcome
         for leg in (self.sender, self.receiver):
             if id(leg) not in self._lost:
-                leg.transport.abortConnection()
+                self._cut(leg)
+
+    def _cut(self, leg: Leg) -> None:
+        if self.kernel is not None:
+            self.kernel.abort(leg)
+        else:
+            leg.transport.abortConnection()
 
     def _check_idle(self) -> None:
         assert self.idle_timeout is not None

@@ -10,7 +10,13 @@ from typing import Iterator
 
 import pytest
 
+from twisted_relay import zero_copy
+
 from tests.integration.processes import Clients, Launcher, Relay, start_relay, stop_relay
+
+
+#: Where os.splice exists, both paths; elsewhere only the portable one.
+FORWARDING_PATHS = ("splice", "copy") if zero_copy.AVAILABLE else ("copy",)
 
 
 @pytest.fixture
@@ -23,11 +29,18 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
         launch.kill_all()
 
 
+@pytest.fixture(scope="module", params=FORWARDING_PATHS)
+def forwarding(request: pytest.FixtureRequest) -> str:
+    """Every test that runs a relay runs once per forwarding path, so the
+    portable path stays covered where the kernel path is the default."""
+    return request.param
+
+
 @pytest.fixture
-def relay(launcher: Launcher) -> Iterator[Relay]:
+def relay(launcher: Launcher, forwarding: str) -> Iterator[Relay]:
     """A real C{twistd -n filerelay} on a kernel-chosen 127.0.0.1 port,
     stopped with SIGTERM and required to exit cleanly."""
-    running = start_relay(launcher)
+    running = start_relay(launcher, forwarding=forwarding)
     yield running
     stop_relay(running)
 

@@ -146,6 +146,7 @@ class Relay:
 
     proc: Proc
     port: int
+    forwarding: str = "auto"
     address: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,16 +159,21 @@ class Relay:
         assert self.proc.running(), f"the relay died\n{self.proc.describe()}"
 
 
-def start_relay(launcher: Launcher, extra_args: Sequence[str] = ()) -> Relay:
+def start_relay(launcher: Launcher, extra_args: Sequence[str] = (), forwarding: str = "auto") -> Relay:
     """Start the relay on a kernel-chosen loopback port and learn the port
     from Twisted's "RelayFactory starting on N" log line.
 
     @param extra_args: more C{twistd filerelay} options, such as
-        C{("--idle-timeout", "3")}."""
+        C{("--idle-timeout", "3")}.
+    @param forwarding: its C{--forwarding}; L{stop_relay} checks that every
+        transfer that moved bytes used it (C{auto} is not checked)."""
     proc = launcher.start(
         "relay",
-        [*TWISTD, "-n", "--pidfile=", "filerelay", "--port", "tcp:0:interface=127.0.0.1", *extra_args],
-    )
+        [
+            *TWISTD, "-n", "--pidfile=", "filerelay", "--port", "tcp:0:interface=127.0.0.1",
+            "--forwarding", forwarding, *extra_args,
+        ],
+    )  # fmt: skip
 
     def listening() -> int | None:
         found = LISTENING.search(proc.stdout())
@@ -177,7 +183,7 @@ def start_relay(launcher: Launcher, extra_args: Sequence[str] = ()) -> Relay:
             pytest.fail(f"the relay exited before listening\n{proc.describe()}")
         return None
 
-    return Relay(proc, poll_until(listening, "the relay to listen"))
+    return Relay(proc, poll_until(listening, "the relay to listen"), forwarding)
 
 
 def stop_relay(relay: Relay) -> None:
@@ -190,6 +196,20 @@ def stop_relay(relay: Relay) -> None:
     assert status == 0, f"the relay exited {status} on SIGTERM\n{relay.proc.describe()}"
     assert "Server Shut Down." in relay.log(), f"the relay did not shut down cleanly\n{relay.proc.describe()}"
     assert "Traceback" not in relay.log(), f"the relay logged a traceback\n{relay.proc.describe()}"
+    check_forwarding(relay)
+
+
+def check_forwarding(relay: Relay) -> None:
+    """A transfer that ran on the other path would let a test pass without
+    covering the path it claims to. With C{copy} no transfer may splice;
+    with C{splice} every one that moved a megabyte must have (a transfer
+    cut right after pairing may end before the kernel takes over)."""
+    ended = re.findall(r"(\d+) bytes up, \d+ down by (\w+)", relay.log())
+    if relay.forwarding == "copy":
+        assert all(path == "copy" for _, path in ended), f"a transfer spliced\n{relay.proc.describe()}"
+    elif relay.forwarding == "splice":
+        big = [path for up, path in ended if int(up) >= 1 << 20]
+        assert all(path == "splice" for path in big), f"a big transfer copied\n{relay.proc.describe()}"
 
 
 class Clients:

@@ -128,6 +128,7 @@ from tests.integration.processes import (
     entries,
     part_files,
     poll_until,
+    check_forwarding,
     start_relay,
 )
 
@@ -474,7 +475,7 @@ def run_cell(cell: Cell, shared: Relay, base: Path) -> Record:
 
 
 def _run_cell(cell: Cell, shared: Relay, base: Path, launcher: Launcher, record: Record) -> None:
-    relay = start_relay(launcher, RELAY_ARGS) if cell.target == "relay" else shared
+    relay = start_relay(launcher, RELAY_ARGS, shared.forwarding) if cell.target == "relay" else shared
     holds = HOLDS[cell.stage]
     proxy = StageProxy(launcher, relay.port, holds)
     clients = Clients(SimpleNamespace(address=proxy.address), launcher)  # type: ignore[arg-type]
@@ -543,10 +544,12 @@ class Matrix:
 
 
 @pytest.fixture(scope="module")
-def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+def matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, forwarding: str
+) -> Iterator[Matrix]:
     """Start the shared relay and every selected cell, a few at a time."""
     launcher = Launcher(tmp_path_factory.mktemp("shared-relay"))
-    relay = start_relay(launcher, RELAY_ARGS)
+    relay = start_relay(launcher, RELAY_ARGS, forwarding)
     wanted = []
     for item in request.session.items:
         callspec = getattr(item, "callspec", None)
@@ -567,6 +570,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         launcher.kill_all()
         assert status == 0, relay.proc.describe()
         assert "Traceback" not in relay.log(), relay.proc.describe()
+        check_forwarding(relay)
 
 
 PROG = {"sender": "filerelay-send", "receiver": "filerelay-receive"}

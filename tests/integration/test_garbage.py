@@ -279,13 +279,13 @@ def log_count(relay: Relay, pattern: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+def shared_relay(tmp_path_factory: pytest.TempPathFactory, forwarding: str) -> Iterator[Relay]:
     """One relay for the whole garbage matrix (each case is one connection;
     a relay per case would cost a second each). Stopped with SIGTERM and
     required to exit 0 with no traceback at the end."""
     launcher = Launcher(tmp_path_factory.mktemp("garbage-relay"))
     try:
-        running = start_relay(launcher)
+        running = start_relay(launcher, forwarding=forwarding)
         yield running
         stop_relay(running)
     finally:
