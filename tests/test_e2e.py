@@ -17,13 +17,15 @@ from twisted_relay.relay import RelayProtocol
 from twisted_relay.sender import SenderProtocol
 from twisted_relay.sources import FileSource
 from twisted_relay.splice import Splice
+from twisted_relay.sources import CHUNK_SIZE
 from twisted_relay.wire import FrameType, encode_error, encode_frame
 
 from tests.helpers import MemoryNetwork, assert_no_result, failure_result_of, success_result_of
 
 MARKER = b"MARKER-8d1f3c-"
 NAME = "distinctive-corgi-name.bin"
-SIZE = 2 * 1024 * 1024
+#: Several records, so a test can drop or flip one in the middle.
+SIZE = 5 * CHUNK_SIZE // 2
 
 
 class Pair:

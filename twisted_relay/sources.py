@@ -26,8 +26,10 @@ from twisted_relay.tarstream import SourceChanged, TarReader
 __all__ = ["Outgoing", "FileSource", "TreeSource", "PipeSource", "SourceChanged", "CHUNK_SIZE"]
 
 #: Bytes read per record: large, to keep per-record overhead (a frame
-#: header, a GCM tag, a few Python calls) negligible.
-CHUNK_SIZE = 256 * 1024
+#: header, a GCM tag, a few Python calls, a turn of the reactor) negligible.
+#: Raising it from 256 KiB to MAX_RECORD (1 MiB) took 1 GiB CLI to CLI from
+#: about 550 to 640 MB/s on a 2-core machine, with less CPU on both sides.
+CHUNK_SIZE = 1024 * 1024
 
 #: Chunks written per turn of the reactor if the consumer never pauses us.
 BURST = 16
