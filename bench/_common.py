@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Sequence
+from typing import IO, Any, Awaitable, Callable, Sequence
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -124,6 +125,79 @@ def _die_with_parent() -> None:
     (even with SIGKILL), the kernel kills its children too (Linux)."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit and return
+    it. Children inherit it, so call this before spawning the relay and the
+    client workers: a thousand transfers need a few thousand descriptors,
+    and the usual soft limit is 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def need_open_files(count: int, what: str) -> None:
+    """Fail early, with the fix, when C{count} descriptors will not fit."""
+    have = raise_open_files_limit()
+    if 0 <= have < count:  # -1 is unlimited
+        raise BenchError(f"{what} needs about {count} open files; the limit is {have} "
+                         f"(raise the hard limit: ulimit -Hn)")
+
+
+def react_quietly(main: Callable[[Any], Awaitable[object]]) -> int:
+    """In a client worker: run C{main(reactor)} under C{react}, which exits
+    the process. Warnings and errors (an unhandled error in a Deferred, say)
+    go to stderr, the worker's log file; Twisted's per-connection chatter
+    does not."""
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import react
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
+        redirectStandardIO=False,
+    )
+    react(lambda reactor: ensureDeferred(main(reactor)))
+    return 0  # react() exits; never reached
+
+
+def worker_or_main(
+    prog: str,
+    argv: Sequence[str] | None,
+    worker: Callable[[str], int],
+    run: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+) -> int:
+    """A benchmark's entry point, which is also its client workers' one:
+    C{--worker JOB} runs a worker, anything else the benchmark."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--worker"] and len(args) == 2:
+        return worker(args[1])
+    return run_main(prog, run, parser.parse_args(args))
+
+
+def relay_supports(option: str) -> bool:
+    """Whether ``twistd filerelay --help`` of the measured tree lists
+    C{option} (e.g. ``--forwarding``): options being added are used only
+    once the relay has them."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "filerelay", "--help"],
+        env=child_env(), capture_output=True, text=True, cwd="/", timeout=60,
+    )
+    return re.search(rf"(^|\s){re.escape(option)}[=\s]", out.stdout, re.MULTILINE) is not None
 
 
 class Harness:
@@ -258,12 +332,20 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float, poll: float = 0.005
 
     @raise BenchError: if it is still running after C{timeout} seconds.
     """
+    code, usage = wait_rusage(proc, timeout, poll)
+    return code, usage.ru_utime + usage.ru_stime
+
+
+def wait_rusage(proc: subprocess.Popen[bytes], timeout: float, poll: float = 0.005) -> tuple[int, resource.struct_rusage]:
+    """Like L{wait_exit}, but the whole ``wait4`` rusage: ``ru_maxrss`` is
+    the child's peak RSS in KiB, which /proc can no longer tell once the
+    child (a one-shot socat, say) has exited."""
     deadline = time.monotonic() + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_utime + usage.ru_stime
+            return proc.returncode, usage
         if time.monotonic() > deadline:
             raise BenchError(f"{proc.args[:4]}... still running after {timeout:.0f} s")
         time.sleep(poll)
@@ -356,6 +438,14 @@ def spawn_sender(h: Harness, relay: Relay, path: str, tag: str) -> subprocess.Po
 
 def read_code(h: Harness, proc: subprocess.Popen[bytes], tag: str, timeout: float = 30.0) -> str:
     """The code a sender prints on stdout (its only output there)."""
+    return read_line(h, proc, f"send-{tag}", timeout, f"sender {tag}", "code")
+
+
+def read_line(h: Harness, proc: subprocess.Popen[bytes], log_name: str, timeout: float,
+              who: str = "child", what: str = "line") -> str:
+    """The next line a child started with C{stdout_pipe} prints, within
+    C{timeout} seconds. Reads byte by byte so that nothing after the line
+    is taken from the pipe."""
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -365,10 +455,10 @@ def read_code(h: Harness, proc: subprocess.Popen[bytes], tag: str, timeout: floa
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
-                raise BenchError(f"sender {tag} printed no code in {timeout} s:\n{h.log_tail(f'send-{tag}')}")
-            chunk = os.read(proc.stdout.fileno(), 256)
+                raise BenchError(f"{who} printed no {what} in {timeout} s:\n{h.log_tail(log_name)}")
+            chunk = os.read(proc.stdout.fileno(), 1)
             if not chunk:
-                raise BenchError(f"sender {tag} exited without a code:\n{h.log_tail(f'send-{tag}')}")
+                raise BenchError(f"{who} exited without a {what}:\n{h.log_tail(log_name)}")
             line += chunk
     finally:
         sel.close()

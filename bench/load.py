@@ -12,6 +12,7 @@ reports its results as JSON on stdout; the benchmark checks them against
 the files' known SHA-256 and reads the relay's memory and CPU from /proc.
 
     python bench/load.py [-n 200] [--size 4M] [--workers 2] [--timeout 300]
+                         [--forwarding auto|splice|copy]
 
 Prints a Markdown table on stdout; progress goes to stderr. Exit status 0
 when every transfer arrived intact, 1 otherwise.
@@ -33,8 +34,9 @@ from typing import Any, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    react_quietly,
+    worker_or_main,
     add_scratch_options,
-    run_main,
     BenchError,
     Harness,
     MiB,
@@ -45,9 +47,12 @@ from _common import (  # noqa: E402
     make_file,
     markdown_table,
     memory_kib,
+    need_open_files,
     parse_size,
     prime_bytecode,
+    raise_open_files_limit,
     random_pool,
+    relay_supports,
     say,
     set_tree,
     start_relay,
@@ -69,6 +74,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--workers", type=int, default=2, help="client worker processes sharing the transfers (default 2)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between relay RSS samples (default 0.05)")
     p.add_argument("--timeout", type=float, default=300.0, help="give up on the transfers after this many seconds (default 300)")
+    p.add_argument("--forwarding", choices=("auto", "splice", "copy"),
+                   help="pass --forwarding to the relay (default: the relay's own default); needs a relay that has it")
     add_scratch_options(p)
     return p
 
@@ -163,6 +170,15 @@ def run(args: argparse.Namespace) -> int:
     if args.tree:
         set_tree(args.tree)
     tree_line = describe_tree()
+    relay_options = []
+    if args.forwarding:
+        if not relay_supports("--forwarding"):
+            raise BenchError("this relay has no --forwarding option (twistd filerelay --help)")
+        relay_options = ["--forwarding", args.forwarding]
+    # Descriptors, inherited by the relay and the workers: the relay holds two
+    # sockets per transfer; a worker, per transfer of its share, two sockets,
+    # the file it sends and the one it writes.
+    need_open_files(max(2 * n, 4 * -(-n // w)) + 256, f"{n} concurrent transfers")
     # Inputs, plus at worst every output at once (each is deleted once hashed).
     need = 2 * n * size + (w + 2) * 2 * MiB + 64 * MiB
     with Harness("load", need_bytes=need, keep=args.keep) as h:
@@ -178,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
         say("[load] priming the bytecode cache with a throwaway relay and transfer")
         prime_bytecode(h, prime_file)
-        relay = start_relay(h)
+        relay = start_relay(h, options=relay_options)
         start_rss = memory_kib(relay.pid)["VmRSS"]
         say(f"[load] relay pid {relay.pid} on {relay.address}, RSS {start_rss} KiB")
 
@@ -312,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
     per_worker = f"{n // w}" if n % w == 0 else f"{n // w}-{n // w + 1}"
     rows = [
         ["transfers", f"{n} × {human_size(size)}, all started at once, in {w} client processes ({per_worker} each)"],
+        ["relay options", " ".join(relay_options) or "(defaults)"],
         ["all intact (no error either end, size and SHA-256 match)",
          f"{'yes' if intact == n else 'NO'} ({intact}/{n}" + (f"; {timed_out} still running after --timeout {args.timeout:g} s)" if timed_out else ")")],
         ["relay RSS at start", mib(start_rss)],
@@ -359,15 +376,7 @@ def worker(job_path: str) -> int:
     import resource
 
     from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-    from twisted.internet.task import react
     from twisted.internet.threads import deferToThread
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
 
     from twisted_relay.cli import keep_freed_memory
     from twisted_relay.client import Timeouts, connect, relay_endpoint
@@ -397,6 +406,7 @@ def worker(job_path: str) -> int:
             self.rec["t_welcome"] = time.monotonic()
             super().greeted()
 
+    raise_open_files_limit()
     with open(job_path) as f:
         job = json.load(f)
     keep_freed_memory()  # as the CLIs do
@@ -512,21 +522,11 @@ def worker(job_path: str) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
         sys.stdout.flush()
 
-    # Warnings and errors (an unhandled error in a Deferred, say) go to our
-    # log file, stderr; Twisted's per-connection chatter does not.
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
-        redirectStandardIO=False,
-    )
-    react(lambda reactor: ensureDeferred(main(reactor)))
-    return 0  # react() exits; never reached
+    return react_quietly(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"] and len(argv) == 2:
-        return worker(argv[1])
-    return run_main("bench/load.py", run, build_parser().parse_args(argv))
+    return worker_or_main("bench/load.py", argv, worker, run, build_parser())
 
 
 if __name__ == "__main__":

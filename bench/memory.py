@@ -9,7 +9,13 @@ senders once its outgoing buffers fill, so its RSS stays flat however large
 the files. Then SIGCONT, wait for every transfer to finish, and check every
 received file's SHA-256.
 
-    python bench/memory.py [--transfers 10] [--size 512M] [--stall 8]
+Then, on a fresh relay, it opens a few thousand senders that register and
+wait for a receiver that never comes (bench/waiting.py), and measures the
+relay's RSS growth per waiting sender. With ``--socket-buffer BYTES`` and a
+relay that has that option, everything runs a second time with it.
+
+    python bench/memory.py [--transfers 10] [--size 512M] [--stall 8] [--waiting 2000]
+                           [--socket-buffer BYTES]
 
 Prints a Markdown table on stdout; progress goes to stderr. Exit status 0
 when every transfer arrived intact, 1 otherwise (the target is reported,
@@ -28,15 +34,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import waiting  # noqa: E402
 from _common import (  # noqa: E402
     add_scratch_options,
     run_main,
     BenchError,
     Harness,
+    Relay,
     describe_tree,
     MiB,
     human_size,
@@ -44,10 +52,12 @@ from _common import (  # noqa: E402
     make_file,
     markdown_table,
     memory_kib,
+    need_open_files,
     parse_size,
     prime_bytecode,
     random_pool,
     read_code,
+    relay_supports,
     say,
     set_tree,
     sha256_file,
@@ -58,8 +68,10 @@ from _common import (  # noqa: E402
     wait_exit,
 )
 
-#: The issue's target: relay RSS growth per stalled transfer.
-TARGET_KIB = 1024
+#: The issue's targets (issue 6, Speed): relay RSS growth per stalled
+#: transfer, and per sender waiting for its receiver.
+TARGET_KIB = 128
+WAITING_TARGET_KIB = 8
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -69,6 +81,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--stall", type=float, default=8.0, help="seconds the receivers stay stopped (default 8)")
     p.add_argument("--interval", type=float, default=0.05, help="seconds between RSS samples (default 0.05)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on the transfers after this many seconds (default 900)")
+    p.add_argument("--waiting", type=int, default=2000,
+                   help="senders that register and wait, on a fresh relay (default 2000; 0 leaves this out)")
+    p.add_argument("--socket-buffer", type=parse_size,
+                   help="run everything again with the relay's --socket-buffer BYTES, e.g. 64K (if the relay has it)")
     add_scratch_options(p)
     return p
 
@@ -131,14 +147,178 @@ def stall_reads(start: int | None, half: int | None, end: int | None) -> str:
     return f"{(half - start) / MiB:.1f} MiB / {(end - half) / MiB:.1f} MiB"
 
 
+def relay_socket_memory(port: int) -> int | None:
+    """Bytes the kernel holds queued in the relay's accepted sockets right
+    now: the sum of each one's receive-queue and send-queue allocations
+    (``ss -m`` skmem ``r`` + ``w``). RSS does not show these; a
+    ``--socket-buffer`` cap bounds them. None without ``ss``."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(int(r) + int(w) for r, w in re.findall(r"skmem:\(r(\d+),.*?,w(\d+),", out))
+
+
+def _warm_up(h: Harness, relay: Relay, warm_file: str, warm_digest: str, tag: str) -> int:
+    """One small transfer through C{relay}, so one-time costs (lazy imports,
+    first allocations) are not charged to what is measured; then the
+    baseline: the median of 10 RSS readings."""
+    sender, code = start_sender(h, relay, warm_file, f"{tag}-warmup")
+    receiver = start_receiver(h, relay, code, h.path(f"out-{tag}-warmup"), f"{tag}-warmup")
+    if wait_exit(receiver, 60)[0] != 0 or wait_exit(sender, 60)[0] != 0:
+        raise BenchError(f"warm-up transfer failed:\n{h.log_tail(f'receive-{tag}-warmup')}")
+    out = h.path(f"out-{tag}-warmup", os.path.basename(warm_file))
+    if sha256_file(out) != warm_digest:
+        raise BenchError("warm-up transfer corrupted")
+    os.unlink(out)
+    time.sleep(0.5)
+    return _median_rss(relay.pid)
+
+
+def _median_rss(pid: int) -> int:
+    samples = []
+    for _ in range(10):
+        samples.append(memory_kib(pid)["VmRSS"])
+        time.sleep(0.05)
+    return int(statistics.median(samples))
+
+
+def _stalled(h: Harness, args: argparse.Namespace, files: list[str], digests: list[str], warm_file: str,
+             warm_digest: str, options: Sequence[str], tag: str) -> dict[str, Any]:
+    """N transfers, receivers stopped for --stall seconds; see the module
+    docstring."""
+    n, size = args.transfers, args.size
+    relay = start_relay(h, log_name=f"relay-{tag}", options=options)
+    start_rss = memory_kib(relay.pid)["VmRSS"]
+    say(f"[memory] {tag}: relay pid {relay.pid} on {relay.address}, RSS {start_rss} KiB")
+    baseline = _warm_up(h, relay, warm_file, warm_digest, tag)
+
+    sampler = Sampler(relay.pid, args.interval)
+    sampler.phase = "flowing"
+    sampler.start()
+    t0 = time.monotonic()
+    # All senders first, then all receivers, so the transfers overlap.
+    senders = [spawn_sender(h, relay, path, f"{tag}-{i}") for i, path in enumerate(files)]
+    codes = [read_code(h, proc, f"{tag}-{i}") for i, proc in enumerate(senders)]
+    outdirs = [h.path(f"out-{tag}-{i}") for i in range(n)]
+    receivers = [start_receiver(h, relay, code, outdirs[i], f"{tag}-{i}") for i, code in enumerate(codes)]
+    say(f"[memory] {tag}: {n} transfers started; waiting until each has moved some bytes")
+
+    # Flowing: every receiver has written a good part of its file (or
+    # already finished, which means the stall comes too late for it).
+    threshold = min(size // 8, 32 * MiB) or 1
+    deadline = time.monotonic() + min(args.timeout, 120)
+    while True:
+        states = [partial_size(d) for d in outdirs]
+        flowing = [s is not None and s >= threshold for s in states]
+        exited = [r.poll() is not None for r in receivers]
+        if all(f or e for f, e in zip(flowing, exited)):
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"transfers not flowing after 120 s; bytes written so far: {states}")
+        time.sleep(0.02)
+
+    in_flight = [r for r in receivers if r.poll() is None]
+    say(f"[memory] {tag}: stopping {len(in_flight)} receivers for {args.stall} s")
+    sampler.phase = "stall"
+    for r in in_flight:
+        r.send_signal(signal.SIGSTOP)
+    stall_start = time.monotonic()
+    read_at_start = relay_bytes_received(relay.port)
+    time.sleep(args.stall / 2)
+    read_at_half = relay_bytes_received(relay.port)
+    time.sleep(max(0.0, stall_start + args.stall - time.monotonic()))
+    read_at_end = relay_bytes_received(relay.port)
+    kernel_queued = relay_socket_memory(relay.port)
+    sampler.phase = "draining"
+    for r in in_flight:
+        r.send_signal(signal.SIGCONT)
+
+    say(f"[memory] {tag}: receivers resumed; waiting for every transfer to finish")
+    deadline = t0 + args.timeout
+    outcomes = []
+    hung = 0
+    for i, (s, r) in enumerate(zip(senders, receivers)):
+        left = max(1.0, deadline - time.monotonic())
+        try:
+            rc_r = wait_exit(r, left)[0]
+            rc_s = wait_exit(s, max(1.0, deadline - time.monotonic()))[0]
+        except BenchError:
+            say(f"[memory] {tag}: transfer {i} hung; receiver wrote {partial_size(outdirs[i])} bytes")
+            say(h.log_tail(f"receive-{tag}-{i}", 5))
+            say(h.log_tail(f"send-{tag}-{i}", 5))
+            outcomes.append(False)
+            hung += 1
+            continue
+        out = os.path.join(outdirs[i], f"file-{i}.bin")
+        ok = rc_r == 0 and rc_s == 0 and os.path.isfile(out) and os.path.getsize(out) == size
+        ok = ok and sha256_file(out) == digests[i]
+        if not ok:
+            say(f"[memory] {tag}: transfer {i} failed: receiver exit {rc_r}, sender exit {rc_s}")
+            say(h.log_tail(f"receive-{tag}-{i}", 5))
+        outcomes.append(ok)
+        if os.path.exists(out):
+            os.unlink(out)  # give tmpfs its memory back
+    elapsed = time.monotonic() - t0
+    sampler.stop()
+    if relay.proc.poll() is not None:
+        raise BenchError(f"the relay died:\n{h.log_tail(f'relay-{tag}')}")
+    mem = memory_kib(relay.pid)
+    h.stop(relay.proc)
+    return {
+        "start_rss": start_rss, "baseline": baseline, "sampler": sampler, "hwm": mem["VmHWM"],
+        "reads": (read_at_start, read_at_half, read_at_end), "kernel_queued": kernel_queued,
+        "in_flight": len(in_flight), "intact": sum(outcomes), "hung": hung, "elapsed": elapsed,
+    }
+
+
+def _waiting(h: Harness, args: argparse.Namespace, warm_file: str, warm_digest: str, options: Sequence[str],
+             tag: str) -> dict[str, Any]:
+    """A fresh relay (memory another measurement freed would absorb, and
+    hide, what the senders allocate), a warm-up transfer and a few waiting
+    senders opened and closed, the baseline, then --waiting senders that
+    register and wait."""
+    relay = start_relay(h, log_name=f"relay-{tag}-waiting", options=options)
+    _warm_up(h, relay, warm_file, warm_digest, f"{tag}-waiting")
+    waiting.close_all(waiting.open_waiting_senders(relay.port, 20, args.timeout))
+    time.sleep(0.5)
+    baseline = _median_rss(relay.pid)
+    fds_before = waiting.open_descriptors(relay.pid)
+    say(f"[memory] {tag}: opening {args.waiting} waiting senders")
+    t0 = time.monotonic()
+    socks = waiting.open_waiting_senders(relay.port, args.waiting, args.timeout)
+    try:
+        took = time.monotonic() - t0
+        time.sleep(0.5)
+        held = _median_rss(relay.pid)
+        fds = waiting.open_descriptors(relay.pid) - fds_before
+        if relay.proc.poll() is not None:
+            raise BenchError(f"the relay died:\n{h.log_tail(f'relay-{tag}-waiting')}")
+    finally:
+        waiting.close_all(socks)
+    h.stop(relay.proc)
+    return {"baseline": baseline, "held": held, "fds": fds, "took": took}
+
+
 def run(args: argparse.Namespace) -> int:
     n, size = args.transfers, args.size
-    if n < 1 or size < 1 or args.stall < 0:
-        raise BenchError("--transfers and --size must be positive, --stall not negative")
+    if n < 1 or size < 1 or args.stall < 0 or args.waiting < 0:
+        raise BenchError("--transfers and --size must be positive, --stall and --waiting not negative")
     if args.tree:
         set_tree(args.tree)
     tree_line = describe_tree()
+    configs: list[tuple[str, list[str]]] = [("default", [])]
+    if args.socket_buffer is not None:
+        if relay_supports("--socket-buffer"):
+            configs.append((f"--socket-buffer {args.socket_buffer}", ["--socket-buffer", str(args.socket_buffer)]))
+        else:
+            say("[memory] this relay has no --socket-buffer option: measuring its defaults only")
+    need_open_files(args.waiting + 2 * n + 256, f"--waiting {args.waiting}")
     need = 2 * n * size + 64 * MiB
+    results = []
     with Harness("memory", need_bytes=need, keep=args.keep) as h:
         os.makedirs(h.path("in"))
         say(f"[memory] writing {n} files of {human_size(size)}")
@@ -150,119 +330,61 @@ def run(args: argparse.Namespace) -> int:
 
         say(f"[{h.name}] priming the bytecode cache with a throwaway relay and transfer")
         prime_bytecode(h, warm_file)
-        relay = start_relay(h)
-        start_rss = memory_kib(relay.pid)["VmRSS"]
-        say(f"[memory] relay pid {relay.pid} on {relay.address}, RSS {start_rss} KiB")
+        for k, (label, options) in enumerate(configs):
+            tag = "default" if k == 0 else "capped"
+            stalled = _stalled(h, args, files, digests, warm_file, warm_digest, options, tag)
+            held = _waiting(h, args, warm_file, warm_digest, options, tag) if args.waiting else None
+            results.append((label, stalled, held))
 
-        # One small transfer first, so one-time costs (lazy imports, first
-        # allocations) are not charged to the transfers being measured.
-        sender, code = start_sender(h, relay, warm_file, "warmup")
-        receiver = start_receiver(h, relay, code, h.path("out-warmup"), "warmup")
-        if wait_exit(receiver, 60)[0] != 0 or wait_exit(sender, 60)[0] != 0:
-            raise BenchError(f"warm-up transfer failed:\n{h.log_tail('receive-warmup')}")
-        if sha256_file(h.path("out-warmup", "warmup.bin")) != warm_digest:
-            raise BenchError("warm-up transfer corrupted")
-        time.sleep(0.5)
-        base_samples = []
-        for _ in range(10):
-            base_samples.append(memory_kib(relay.pid)["VmRSS"])
-            time.sleep(0.05)
-        baseline = int(statistics.median(base_samples))
-
-        sampler = Sampler(relay.pid, args.interval)
-        sampler.phase = "flowing"
-        sampler.start()
-        t0 = time.monotonic()
-        # All senders first, then all receivers, so the transfers overlap.
-        senders = [spawn_sender(h, relay, path, str(i)) for i, path in enumerate(files)]
-        codes = [read_code(h, proc, str(i)) for i, proc in enumerate(senders)]
-        outdirs = [h.path(f"out-{i}") for i in range(n)]
-        receivers = [start_receiver(h, relay, code, outdirs[i], str(i)) for i, code in enumerate(codes)]
-        say(f"[memory] {n} transfers started; waiting until each has moved some bytes")
-
-        # Flowing: every receiver has written a good part of its file (or
-        # already finished, which means the stall comes too late for it).
-        threshold = min(size // 8, 32 * MiB) or 1
-        deadline = time.monotonic() + min(args.timeout, 120)
-        while True:
-            states = [partial_size(d) for d in outdirs]
-            flowing = [s is not None and s >= threshold for s in states]
-            exited = [r.poll() is not None for r in receivers]
-            if all(f or e for f, e in zip(flowing, exited)):
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"transfers not flowing after 120 s; bytes written so far: {states}")
-            time.sleep(0.02)
-
-        in_flight = [r for r in receivers if r.poll() is None]
-        say(f"[memory] stopping {len(in_flight)} receivers for {args.stall} s")
-        sampler.phase = "stall"
-        for r in in_flight:
-            r.send_signal(signal.SIGSTOP)
-        stall_start = time.monotonic()
-        read_at_start = relay_bytes_received(relay.port)
-        time.sleep(args.stall / 2)
-        read_at_half = relay_bytes_received(relay.port)
-        time.sleep(max(0.0, stall_start + args.stall - time.monotonic()))
-        read_at_end = relay_bytes_received(relay.port)
-        sampler.phase = "draining"
-        for r in in_flight:
-            r.send_signal(signal.SIGCONT)
-
-        say("[memory] receivers resumed; waiting for every transfer to finish")
-        deadline = t0 + args.timeout
-        outcomes = []
-        hung = 0
-        for i, (s, r) in enumerate(zip(senders, receivers)):
-            left = max(1.0, deadline - time.monotonic())
-            try:
-                rc_r = wait_exit(r, left)[0]
-                rc_s = wait_exit(s, max(1.0, deadline - time.monotonic()))[0]
-            except BenchError:
-                say(f"[memory] transfer {i} hung; receiver wrote {partial_size(outdirs[i])} bytes")
-                say(h.log_tail(f"receive-{i}", 5))
-                say(h.log_tail(f"send-{i}", 5))
-                outcomes.append(False)
-                hung += 1
-                continue
-            out = os.path.join(outdirs[i], f"file-{i}.bin")
-            ok = rc_r == 0 and rc_s == 0 and os.path.isfile(out) and os.path.getsize(out) == size
-            ok = ok and sha256_file(out) == digests[i]
-            if not ok:
-                say(f"[memory] transfer {i} failed: receiver exit {rc_r}, sender exit {rc_s}")
-                say(h.log_tail(f"receive-{i}", 5))
-            outcomes.append(ok)
-            if os.path.exists(out):
-                os.unlink(out)  # give tmpfs its memory back
-        elapsed = time.monotonic() - t0
-        sampler.stop()
-        mem = memory_kib(relay.pid)
-        if relay.proc.poll() is not None:
-            raise BenchError(f"the relay died:\n{h.log_tail('relay')}")
-
-    stall_max = sampler.max_in("stall")
-    growth = (stall_max - baseline) / n
-    intact = sum(outcomes)
     mib = lambda kib: f"{kib / 1024:.1f} MiB"  # noqa: E731
+
+    def row(name: str, fn: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [name, *(fn(st) for _, st, _ in results)]
+
+    def growth(st: dict[str, Any]) -> float:
+        return (st["sampler"].max_in("stall") - st["baseline"]) / n
+
     rows = [
-        ["transfers", f"{n} × {human_size(size)}, receivers stopped {args.stall:g} s"],
-        ["relay RSS at start", mib(start_rss)],
-        ["relay RSS baseline (after a 1 MiB warm-up transfer)", mib(baseline)],
-        ["relay RSS max while flowing, before the stall", mib(sampler.max_in("flowing"))],
-        [f"relay RSS max during the stall ({sampler.count_in('stall')} samples)", mib(stall_max)],
-        ["growth per transfer: (stall max − baseline) / N", f"{growth:.0f} KiB"],
-        [f"target: < {TARGET_KIB} KiB per transfer", "PASS" if growth < TARGET_KIB else "FAIL"],
-        ["relay RSS max after the stall, while draining", mib(sampler.max_in("draining"))],
-        ["relay peak RSS (VmHWM) over the whole run", mib(mem["VmHWM"])],
-        ["bytes the relay received in the stall's 1st half / 2nd half", stall_reads(read_at_start, read_at_half, read_at_end)],
-        ["transfers still in flight when stopped", f"{len(in_flight)}/{n}"],
-        ["all intact (both exit 0, size and SHA-256 match)", f"{'yes' if intact == n else 'NO'} ({intact}/{n}"
-         + (f"; {hung} still running after --timeout {args.timeout:g} s)" if hung else ")")],
-        ["time, first sender start → last transfer done", f"{elapsed:.1f} s (incl. {args.stall:g} s stall)"],
+        row("transfers", lambda st: f"{n} × {human_size(size)}, receivers stopped {args.stall:g} s"),
+        row("relay RSS at start", lambda st: mib(st["start_rss"])),
+        row("relay RSS baseline (after a 1 MiB warm-up transfer)", lambda st: mib(st["baseline"])),
+        row("relay RSS max while flowing, before the stall", lambda st: mib(st["sampler"].max_in("flowing"))),
+        row("relay RSS max during the stall", lambda st: f"{mib(st['sampler'].max_in('stall'))} "
+                                                         f"({st['sampler'].count_in('stall')} samples)"),
+        row("growth per stalled transfer: (stall max − baseline) / N", lambda st: f"{growth(st):.0f} KiB"),
+        row(f"target: ≤ {TARGET_KIB} KiB per stalled transfer", lambda st: "PASS" if growth(st) <= TARGET_KIB else "FAIL"),
+        row("kernel memory queued in the relay's sockets at the end of the stall, per transfer",
+            lambda st: "(no ss)" if st["kernel_queued"] is None else f"{st['kernel_queued'] / 1024 / n:.0f} KiB"),
+        row("relay RSS max after the stall, while draining", lambda st: mib(st["sampler"].max_in("draining"))),
+        row("relay peak RSS (VmHWM) over the whole run", lambda st: mib(st["hwm"])),
+        row("bytes the relay received in the stall's 1st half / 2nd half", lambda st: stall_reads(*st["reads"])),
+        row("transfers still in flight when stopped", lambda st: f"{st['in_flight']}/{n}"),
+        row("all intact (both exit 0, size and SHA-256 match)",
+            lambda st: f"{'yes' if st['intact'] == n else 'NO'} ({st['intact']}/{n}"
+                       + (f"; {st['hung']} still running after --timeout {args.timeout:g} s)" if st["hung"] else ")")),
+        row("time, first sender start → last transfer done",
+            lambda st: f"{st['elapsed']:.1f} s (incl. {args.stall:g} s stall)"),
     ]
-    print(f"### Relay memory under stalled receivers\n\n{machine_line()}  \n{tree_line}\n")
-    print(markdown_table(["measurement", "value"], rows))
-    return 0 if intact == n else 1
+    if args.waiting:
+        w = args.waiting
+
+        def per_sender(held: dict[str, Any]) -> float:
+            return (held["held"] - held["baseline"]) / w
+
+        rows += [
+            ["waiting senders (registered, no receiver), fresh relay", *(f"{w}" for _ in results)],
+            ["relay RSS baseline (after a warm-up transfer and 20 waiting senders)", *(mib(ws["baseline"]) for *_, ws in results)],
+            [f"relay RSS with {w} senders waiting", *(mib(ws["held"]) for *_, ws in results)],
+            ["growth per waiting sender: (waiting − baseline) / N", *(f"{per_sender(ws):.1f} KiB" for *_, ws in results)],
+            [f"target: ≤ {WAITING_TARGET_KIB} KiB per waiting sender",
+             *("PASS" if per_sender(ws) <= WAITING_TARGET_KIB else "FAIL" for *_, ws in results)],
+            ["relay descriptors opened for them", *(f"{ws['fds']}" for *_, ws in results)],
+            [f"time to connect and register {w}", *(f"{ws['took']:.2f} s" for *_, ws in results)],
+        ]
+    headers = ["measurement", *(f"relay: {label}" if label != "default" else "relay: defaults" for label, *_ in results)]
+    print(f"### Relay memory: stalled transfers and waiting senders\n\n{machine_line()}  \n{tree_line}\n")
+    print(markdown_table(headers, rows))
+    return 0 if all(st["intact"] == n for _, st, _ in results) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,18 @@ One entry point for the benchmarks (not tests: nothing here runs in CI).
     python bench/run.py hardening [options]    # handshake timeout and SIGTERM drain
     python bench/run.py everyday [options]     # a folder of small files, a big file, a pipe: CLI to CLI
     python bench/run.py encryption [options]   # encrypted vs a null-cipher build vs the previous release
+    python bench/run.py pairing [options]      # pairs per second: ours vs magic-wormhole's transit relay
+    python bench/run.py speed [options]        # 1 GiB through every peer: iperf3, socat, transit, piping, wormhole
     python bench/run.py all                    # the first five, with their defaults (encryption has
                                                # no --tree: it builds its own trees)
+    python bench/run.py targets                # everything issue 6 (Speed) measures: speed, memory with
+                                               # --socket-buffer, load -n 1000 (splice, then copy), pairing
 
 ``python bench/run.py SUBCOMMAND --help`` lists each one's options; the same
 options work on ``python bench/memory.py``, ``python bench/throughput.py``,
 ``python bench/load.py``, ``python bench/hardening.py``,
-``python bench/everyday.py`` and ``python bench/encryption.py``.
+``python bench/everyday.py``, ``python bench/encryption.py``,
+``python bench/pairing.py`` and ``python bench/speed.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import everyday  # noqa: E402
 import hardening  # noqa: E402
 import load  # noqa: E402
 import memory  # noqa: E402
+import pairing  # noqa: E402
+import speed  # noqa: E402
 import throughput  # noqa: E402
 from _common import BenchError, say  # noqa: E402
 
@@ -43,10 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     hardening.build_parser(sub.add_parser("hardening", help="silent connections vs the handshake timeout; SIGTERM drain"))
     everyday.build_parser(sub.add_parser("everyday", help="a folder of small files, a big file and a pipe, CLI to CLI"))
     encryption.build_parser(sub.add_parser("encryption", help="what end-to-end encryption costs, same run"))
+    pairing.build_parser(sub.add_parser("pairing", help="senders and receivers paired per second, ours vs the transit relay"))
+    speed.build_parser(sub.add_parser("speed", help="one big file through our relay and every peer, with the Speed targets"))
     both = sub.add_parser("all", help="memory, throughput, load, hardening, then everyday, each with its defaults")
     both.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
     both.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    targets = sub.add_parser("targets", help="speed, memory, load -n 1000 on both paths, pairing: every Speed target")
+    targets.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
+    targets.add_argument("--keep", action="store_true", help="keep the scratch folders")
     return parser
+
+
+#: What ``targets`` runs: each benchmark with the options the Speed issue's
+#: targets call for, one table each.
+TARGETS = (
+    (speed, []),
+    (memory, ["--socket-buffer", "64K"]),
+    (load, ["-n", "1000", "--size", "1M", "--forwarding", "splice"]),
+    (load, ["-n", "1000", "--size", "1M", "--forwarding", "copy"]),
+    (pairing, []),
+)
+
+
+def run_in_turn(benches: Sequence[tuple[object, list[str]]], common: list[str]) -> int:
+    """Run each benchmark in turn, even after one fails; 1 if any did."""
+    status = 0
+    for bench, options in benches:
+        try:
+            status = bench.run(bench.build_parser().parse_args(options + common)) or status  # type: ignore[attr-defined]
+        except BenchError as e:
+            say(f"bench/run.py: {bench.__name__}: {e}")  # type: ignore[attr-defined]
+            status = 1
+        print(flush=True)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,16 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return everyday.run(args)
         if args.bench == "encryption":
             return encryption.run(args)
+        if args.bench == "pairing":
+            return pairing.run(args)
+        if args.bench == "speed":
+            return speed.run(args)
         common = (["--tree", args.tree] if args.tree else []) + (["--keep"] if args.keep else [])
-        status = 0
-        for bench in (memory, throughput, load, hardening, everyday):
-            try:
-                status = bench.run(bench.build_parser().parse_args(common)) or status
-            except BenchError as e:
-                say(f"bench/run.py: {bench.__name__}: {e}")
-                status = 1
-            print(flush=True)
-        return status
+        if args.bench == "targets":
+            return run_in_turn(TARGETS, common)
+        return run_in_turn([(bench, []) for bench in (memory, throughput, load, hardening, everyday)], common)
     except BenchError as e:
         say(f"bench/run.py: {e}")
         return 1
