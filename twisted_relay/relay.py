@@ -113,21 +113,11 @@ class RelayProtocol(FrameReceiver):
         self._release_channel()
         if old is State.PAIRED and self.splice is not None:
             self.splice.leg_lost(self, outcome=self._closed_by_client())
-        if self.splice is None:
-            self._log_step(
-                logs.CLOSED,
-                "{peer} closed ({outcome}) after {duration:.1f}s",
-                outcome=self._outcome(),
-                **{logs.FORWARDING: None},
-            )
-        else:
-            self._log_step(
-                logs.CLOSED,
-                "{peer} closed ({outcome}) after {duration:.1f}s: {bytes_up} bytes up, {bytes_down} down"
-                " by {forwarding}",
-                outcome=self._outcome(),
-                **{logs.FORWARDING: self.splice.forwarding},
-            )
+        text = "{peer} closed ({outcome}) after {duration:.1f}s"
+        if self.splice is not None:
+            text += ": {bytes_up} bytes up, {bytes_down} down by {forwarding}"
+        forwarding = self.splice.forwarding if self.splice is not None else None
+        self._log_step(logs.CLOSED, text, outcome=self._outcome(), **{logs.FORWARDING: forwarding})
         self.factory.connection_closed(self)
 
     # frames

@@ -120,7 +120,7 @@ class Splice:
         if self._lost:
             return  # the other leg is gone: nothing is forwarded or counted
         self._moved(leg, len(data))
-        other = self.receiver if leg is self.sender else self.sender
+        other = self.other(leg)
         if self._may_take_over and zero_copy.can_take_over(leg.transport) and zero_copy.can_take_over(other.transport):
             self._hand_to_kernel(other, data)
         else:

@@ -186,11 +186,6 @@ class KernelForwarder:
             raise
         self._pipes_closed = False
 
-    @property
-    def capacity(self) -> int:
-        """Bytes the sender-to-receiver pipe holds (what the kernel granted)."""
-        return self._up.capacity
-
     def start(self, preface_for: Leg | None = None, preface: bytes = b"") -> None:
         """
         Take both sockets from their transports and start forwarding.
