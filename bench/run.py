@@ -41,25 +41,21 @@ import throughput  # noqa: E402
 from _common import BenchError, say  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="bench", required=True)
-    memory.build_parser(sub.add_parser("memory", help="relay RSS growth per transfer under stalled receivers"))
-    throughput.build_parser(sub.add_parser("throughput", help="one big file through our relay and through socat"))
-    load.build_parser(sub.add_parser("load", help="many concurrent transfers through one relay"))
-    hardening.build_parser(sub.add_parser("hardening", help="silent connections vs the handshake timeout; SIGTERM drain"))
-    everyday.build_parser(sub.add_parser("everyday", help="a folder of small files, a big file and a pipe, CLI to CLI"))
-    encryption.build_parser(sub.add_parser("encryption", help="what end-to-end encryption costs, same run"))
-    pairing.build_parser(sub.add_parser("pairing", help="senders and receivers paired per second, ours vs the transit relay"))
-    speed.build_parser(sub.add_parser("speed", help="one big file through our relay and every peer, with the Speed targets"))
-    both = sub.add_parser("all", help="memory, throughput, load, hardening, then everyday, each with its defaults")
-    both.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
-    both.add_argument("--keep", action="store_true", help="keep the scratch folders")
-    targets = sub.add_parser("targets", help="speed, memory, load -n 1000 on both paths, pairing: every Speed target")
-    targets.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
-    targets.add_argument("--keep", action="store_true", help="keep the scratch folders")
-    return parser
+#: Each benchmark: its subcommand, its module (build_parser and run) and
+#: its one-line help.
+BENCHES = {
+    "memory": (memory, "relay RSS growth per transfer under stalled receivers"),
+    "throughput": (throughput, "one big file through our relay and through socat"),
+    "load": (load, "many concurrent transfers through one relay"),
+    "hardening": (hardening, "silent connections vs the handshake timeout; SIGTERM drain"),
+    "everyday": (everyday, "a folder of small files, a big file and a pipe, CLI to CLI"),
+    "encryption": (encryption, "what end-to-end encryption costs, same run"),
+    "pairing": (pairing, "senders and receivers paired per second, ours vs the transit relay"),
+    "speed": (speed, "one big file through our relay and every peer, with the Speed targets"),
+}
 
+#: What ``all`` runs: the first five, each with its defaults.
+ALL = tuple((bench, []) for bench in (memory, throughput, load, hardening, everyday))
 
 #: What ``targets`` runs: each benchmark with the options the Speed issue's
 #: targets call for, one table each.
@@ -70,6 +66,24 @@ TARGETS = (
     (load, ["-n", "1000", "--size", "1M", "--forwarding", "copy"]),
     (pairing, []),
 )
+
+#: Several benchmarks run in turn: what each runs, and its help.
+SUITES = {
+    "all": (ALL, "memory, throughput, load, hardening, then everyday, each with its defaults"),
+    "targets": (TARGETS, "speed, memory, load -n 1000 on both paths, pairing: every Speed target"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name, (bench, text) in BENCHES.items():
+        bench.build_parser(sub.add_parser(name, help=text))
+    for name, (_, text) in SUITES.items():
+        suite = sub.add_parser(name, help=text)
+        suite.add_argument("--tree", help="source tree to measure (default: the checkout holding this bench/)")
+        suite.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    return parser
 
 
 def run_in_turn(benches: Sequence[tuple[object, list[str]]], common: list[str]) -> int:
@@ -88,26 +102,10 @@ def run_in_turn(benches: Sequence[tuple[object, list[str]]], common: list[str]) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.bench == "memory":
-            return memory.run(args)
-        if args.bench == "throughput":
-            return throughput.run(args)
-        if args.bench == "load":
-            return load.run(args)
-        if args.bench == "hardening":
-            return hardening.run(args)
-        if args.bench == "everyday":
-            return everyday.run(args)
-        if args.bench == "encryption":
-            return encryption.run(args)
-        if args.bench == "pairing":
-            return pairing.run(args)
-        if args.bench == "speed":
-            return speed.run(args)
+        if args.bench in BENCHES:
+            return BENCHES[args.bench][0].run(args)
         common = (["--tree", args.tree] if args.tree else []) + (["--keep"] if args.keep else [])
-        if args.bench == "targets":
-            return run_in_turn(TARGETS, common)
-        return run_in_turn([(bench, []) for bench in (memory, throughput, load, hardening, everyday)], common)
+        return run_in_turn(SUITES[args.bench][0], common)
     except BenchError as e:
         say(f"bench/run.py: {e}")
         return 1
